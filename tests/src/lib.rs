@@ -1,0 +1,143 @@
+//! Set-up shared by the integration tests: where the machine's services are, and throwaway
+//! databases under unique names that are dropped when the test ends, even when it panics, so
+//! tests run in parallel and twice in a row.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sqlx::Connection;
+
+/// The PostgreSQL server to test against (`TENANCY_TEST_POSTGRES_URL`, default local trust auth).
+pub fn postgres_server_url() -> String {
+    std::env::var("TENANCY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// The MariaDB/MySQL server to test against (`TENANCY_TEST_MYSQL_URL`, default local root).
+pub fn mysql_server_url() -> String {
+    std::env::var("TENANCY_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// The Redis server to test against (`TENANCY_TEST_REDIS_URL`, default local).
+pub fn redis_url() -> String {
+    std::env::var("TENANCY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A name no other test run uses: `prefix` + process id + a counter + random bits.
+/// Lowercase letters, digits and `_` only, so it is safe as a database or schema name.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        &random[..8]
+    )
+}
+
+/// Which server a [`TestDatabase`] lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// The PostgreSQL server.
+    Postgres,
+    /// The MariaDB server.
+    Mysql,
+}
+
+/// A database created for one test and dropped (forcibly) when this value is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    server: Server,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates an empty PostgreSQL database under a unique name.
+    pub async fn postgres(prefix: &str) -> Self {
+        Self::create(Server::Postgres, prefix).await
+    }
+
+    /// Creates an empty MariaDB database under a unique name.
+    pub async fn mysql(prefix: &str) -> Self {
+        Self::create(Server::Mysql, prefix).await
+    }
+
+    async fn create(server: Server, prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        let (admin_url, url, create) = match server {
+            Server::Postgres => {
+                let base = postgres_server_url();
+                (
+                    format!("{base}/postgres"),
+                    format!("{base}/{name}"),
+                    format!("CREATE DATABASE \"{name}\""),
+                )
+            }
+            Server::Mysql => {
+                let base = mysql_server_url();
+                (
+                    format!("{base}/mysql"),
+                    format!("{base}/{name}"),
+                    format!("CREATE DATABASE `{name}`"),
+                )
+            }
+        };
+        execute_once(server, &admin_url, &create).await;
+        Self { server, name, url }
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A URL connecting to this database as the server's admin user.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+async fn execute_once(server: Server, url: &str, sql: &str) {
+    let result = match server {
+        Server::Postgres => match sqlx::PgConnection::connect(url).await {
+            Ok(mut conn) => sqlx::raw_sql(sql).execute(&mut conn).await.map(drop),
+            Err(e) => Err(e),
+        },
+        Server::Mysql => match sqlx::MySqlConnection::connect(url).await {
+            Ok(mut conn) => sqlx::raw_sql(sql).execute(&mut conn).await.map(drop),
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(error) = result {
+        panic!("test set-up failed on {server:?} ({url}): {sql}: {error}");
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (server, name) = (self.server, self.name.clone());
+        let (admin_url, sql) = match server {
+            Server::Postgres => (
+                format!("{}/postgres", postgres_server_url()),
+                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            ),
+            Server::Mysql => (
+                format!("{}/mysql", mysql_server_url()),
+                format!("DROP DATABASE IF EXISTS `{name}`"),
+            ),
+        };
+        // Drop runs inside or outside a runtime; a thread with its own runtime works in both.
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for test clean-up")
+                .block_on(execute_once(server, &admin_url, &sql));
+        });
+        if cleanup.join().is_err() && !std::thread::panicking() {
+            panic!("could not drop test database {}", self.name);
+        }
+    }
+}
