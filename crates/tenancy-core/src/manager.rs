@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::cache::TenantCache;
 use crate::identifier::TenantIdentifier;
 use crate::store::{BoxError, StoreError, TenantStore};
 use crate::tenant::{NewTenant, Tenant, TenantStatus};
@@ -88,6 +89,21 @@ pub trait LifecycleHook: Send + Sync + 'static {
 
     /// Called after each lifecycle change, in order.
     async fn on_event(&self, _event: &LifecycleEvent) {}
+}
+
+/// The cache forgets a tenant on every lifecycle change, so a suspension takes effect on the
+/// next request of this instance (other instances learn it through their own invalidation,
+/// e.g. Redis, or the cache TTL).
+#[async_trait]
+impl LifecycleHook for TenantCache {
+    async fn on_event(&self, event: &LifecycleEvent) {
+        self.invalidate(event.identifier()).await;
+        if let LifecycleEvent::Registered(tenant) = event {
+            for domain in &tenant.domains {
+                self.invalidate_domain(domain).await;
+            }
+        }
+    }
 }
 
 /// What went wrong in a lifecycle operation.
@@ -438,6 +454,35 @@ mod tests {
             matches!(err, ManagerError::Store(StoreError::NotFound(_))),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn cache_forgets_on_lifecycle_changes() {
+        use crate::cache::{CacheSettings, TenantCache};
+        let store: Arc<dyn TenantStore> = Arc::new(MemoryStore::new());
+        let cache = TenantCache::new(
+            store.clone(),
+            CacheSettings {
+                max_entries: 100,
+                ttl: std::time::Duration::from_secs(3600),
+                negative_ttl: std::time::Duration::from_secs(3600),
+            },
+        );
+        let manager =
+            TenantManager::new(store, Arc::new(NoProvisioning)).with_hook(Arc::new(cache.clone()));
+        let acme = id("acme");
+        assert!(
+            cache.get(&acme).await.unwrap().is_none(),
+            "cached as unknown"
+        );
+        manager
+            .register(NewTenant::new(acme.clone(), "Acme"))
+            .await
+            .unwrap();
+        assert!(cache.get(&acme).await.unwrap().unwrap().is_active());
+        manager.suspend(&acme).await.unwrap();
+        let cached = cache.get(&acme).await.unwrap().unwrap();
+        assert_eq!(cached.status, TenantStatus::Suspended);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
