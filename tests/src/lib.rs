@@ -102,11 +102,17 @@ impl TestDatabase {
 async fn execute_once(server: Server, url: &str, sql: &str) {
     let result = match server {
         Server::Postgres => match sqlx::PgConnection::connect(url).await {
-            Ok(mut conn) => sqlx::raw_sql(sql).execute(&mut conn).await.map(drop),
+            Ok(mut conn) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .map(drop),
             Err(e) => Err(e),
         },
         Server::Mysql => match sqlx::MySqlConnection::connect(url).await {
-            Ok(mut conn) => sqlx::raw_sql(sql).execute(&mut conn).await.map(drop),
+            Ok(mut conn) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut conn)
+                .await
+                .map(drop),
             Err(e) => Err(e),
         },
     };

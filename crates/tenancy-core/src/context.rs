@@ -106,18 +106,25 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spawn_carries_the_tenant() {
+        // Awaited outside the scope: the spawned task carries its own copy of the tenant.
         let handle = scope(tenant("acme"), async {
-            spawn(async {
-                tokio::task::yield_now().await;
-                current().unwrap().identifier.to_string()
-            })
-            .unwrap()
+            Some(
+                spawn(async {
+                    tokio::task::yield_now().await;
+                    current().unwrap().identifier.to_string()
+                })
+                .unwrap(),
+            )
         })
-        .await;
+        .await
+        .unwrap();
         assert_eq!(handle.await.unwrap(), "acme");
         // A plain tokio::spawn does not inherit the tenant.
-        let plain = scope(tenant("acme"), async { tokio::spawn(async { current() }) }).await;
-        assert_eq!(plain.await.unwrap().unwrap_err(), NoTenant);
+        let plain = scope(tenant("acme"), async {
+            tokio::spawn(async { current() }).await
+        })
+        .await;
+        assert_eq!(plain.unwrap().unwrap_err(), NoTenant);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

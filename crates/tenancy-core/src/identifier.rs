@@ -334,9 +334,10 @@ impl fmt::Display for DerivedName {
 /// Checks a configured name prefix: `[a-z_][a-z0-9_]*`, at most 32 bytes (may be empty).
 pub fn check_prefix(prefix: &str) -> Result<(), DerivedNameError> {
     let ok = prefix.len() <= 32
-        && prefix.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_lowercase() || b == b'_' || (i > 0 && b.is_ascii_digit())
-        });
+        && prefix
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_lowercase() || b == b'_' || (i > 0 && b.is_ascii_digit()));
     if ok {
         Ok(())
     } else {
@@ -392,7 +393,11 @@ mod tests {
             ("admin", Reserved("admin".into())),
         ];
         for (input, want) in cases {
-            assert_eq!(&TenantIdentifier::parse(input).unwrap_err(), want, "{input:?}");
+            assert_eq!(
+                &TenantIdentifier::parse(input).unwrap_err(),
+                want,
+                "{input:?}"
+            );
         }
         assert_eq!(
             TenantIdentifier::parse(&"a".repeat(64)).unwrap_err(),
@@ -423,7 +428,14 @@ mod tests {
         let id = TenantIdentifier::parse(&"a".repeat(63)).unwrap();
         assert!(DerivedName::new("", &id, NameTarget::PostgresSchema).is_ok());
         let err = DerivedName::new("t_", &id, NameTarget::PostgresSchema).unwrap_err();
-        assert!(matches!(err, DerivedNameError::TooLong { limit: 63, len: 65, .. }));
+        assert!(matches!(
+            err,
+            DerivedNameError::TooLong {
+                limit: 63,
+                len: 65,
+                ..
+            }
+        ));
         let id = TenantIdentifier::parse(&"a".repeat(62)).unwrap();
         assert!(DerivedName::new("t_", &id, NameTarget::MysqlDatabase).is_ok());
         assert!(DerivedName::new("t_", &id, NameTarget::PostgresSchema).is_err());

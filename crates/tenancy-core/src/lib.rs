@@ -14,17 +14,19 @@ pub mod memory;
 pub mod store;
 pub mod tenant;
 
+pub use cache::{CacheSettings, TenantCache};
+pub use config::{
+    Backend, ConfigError, FieldProblem, JwtAlgorithm, ResolutionStrategy, Secret, SecretUrl,
+    TenancyConfig, TenancyConfigBuilder,
+};
+pub use context::NoTenant;
 pub use identifier::{
-    DerivedName, DerivedNameError, IdentifierError, IdentifierPolicy, NameTarget,
-    TenantIdentifier, quote_postgres_ident,
+    DerivedName, DerivedNameError, IdentifierError, IdentifierPolicy, NameTarget, TenantIdentifier,
+    quote_postgres_ident,
 };
 pub use memory::MemoryStore;
 pub use store::{BoxError, ListQuery, StoreError, TenantStore};
 pub use tenant::{
     DEFAULT_TIER, FieldError, IsolationMode, Metadata, NewTenant, Tenant, TenantId, TenantStatus,
     TenantUpdate, TransitionError, UnknownValue, merge_metadata,
-};
-pub use config::{
-    Backend, ConfigError, FieldProblem, JwtAlgorithm, ResolutionStrategy, Secret, SecretUrl,
-    TenancyConfig, TenancyConfigBuilder,
 };

@@ -36,7 +36,9 @@ impl MemoryStore {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<TenantIdentifier, Tenant>> {
-        self.tenants.read().unwrap_or_else(|poison| poison.into_inner())
+        self.tenants
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<TenantIdentifier, Tenant>> {
@@ -60,6 +62,12 @@ impl MemoryStore {
         tenants.insert(identifier.clone(), tenant.clone());
         Ok(tenant)
     }
+}
+
+/// Domains are kept sorted and unique, as every store returns them.
+fn normalise_domains(domains: &mut Vec<String>) {
+    domains.sort_unstable();
+    domains.dedup();
 }
 
 fn domain_owner<'a>(
@@ -105,7 +113,8 @@ impl TenantStore for MemoryStore {
             return Err(StoreError::AlreadyExists(new.identifier));
         }
         check_domains_free(&tenants, &new.identifier, &new.domains)?;
-        let tenant = new.into_tenant();
+        let mut tenant = new.into_tenant();
+        normalise_domains(&mut tenant.domains);
         tenants.insert(tenant.identifier.clone(), tenant.clone());
         Ok(tenant)
     }
@@ -121,6 +130,7 @@ impl TenantStore for MemoryStore {
                 check_domains_free(tenants, identifier, domains)?;
             }
             update.apply(tenant);
+            normalise_domains(&mut tenant.domains);
             Ok(())
         })
     }

@@ -537,7 +537,14 @@ mod tests {
     #[test]
     fn field_checks() {
         assert!(check_domain("shop.acme.com").is_ok());
-        for bad in ["acme", "Shop.acme.com", "shop..acme.com", "shop.acme.com.", "-a.com", "a b.com"] {
+        for bad in [
+            "acme",
+            "Shop.acme.com",
+            "shop..acme.com",
+            "shop.acme.com.",
+            "-a.com",
+            "a b.com",
+        ] {
             assert!(check_domain(bad).is_err(), "{bad}");
         }
         assert!(check_tier("premium").is_ok());

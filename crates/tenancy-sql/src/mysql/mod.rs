@@ -1,0 +1,5 @@
+//! MariaDB/MySQL backend: the tenant registry store ([`MySqlStore`]).
+
+mod store;
+
+pub use store::MySqlStore;

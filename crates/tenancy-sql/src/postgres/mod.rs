@@ -1,0 +1,5 @@
+//! PostgreSQL backend: registry store and isolation.
+
+mod store;
+
+pub use store::PgStore;

@@ -1,0 +1,5 @@
+//! SQLite backend: the tenant registry store ([`SqliteStore`]).
+
+mod store;
+
+pub use store::SqliteStore;
