@@ -147,3 +147,58 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+/// A PostgreSQL login role created for one test (`NOSUPERUSER NOBYPASSRLS`, no password: the
+/// server trusts local connections), dropped when this value is dropped. Declare it before the
+/// [`TestDatabase`]s it gets privileges in, so it is dropped after them.
+#[derive(Debug)]
+pub struct TestRole {
+    name: String,
+}
+
+impl TestRole {
+    /// Creates the role under a unique name.
+    pub async fn create(prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        execute_once(
+            Server::Postgres,
+            &format!("{}/postgres", postgres_server_url()),
+            &format!(
+                "CREATE ROLE \"{name}\" LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+            ),
+        )
+        .await;
+        Self { name }
+    }
+
+    /// The role's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A URL connecting to `database` as this role.
+    pub fn url(&self, database: &str) -> String {
+        let server = postgres_server_url();
+        let host = server
+            .split_once('@')
+            .map_or(server.trim_start_matches("postgres://"), |(_, host)| host);
+        format!("postgres://{}@{host}/{database}", self.name)
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let sql = format!("DROP ROLE IF EXISTS \"{}\"", self.name);
+        let url = format!("{}/postgres", postgres_server_url());
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for test clean-up")
+                .block_on(execute_once(Server::Postgres, &url, &sql));
+        });
+        if cleanup.join().is_err() && !std::thread::panicking() {
+            panic!("could not drop test role {}", self.name);
+        }
+    }
+}

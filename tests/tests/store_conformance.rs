@@ -1,6 +1,8 @@
 //! The conformance suite of the tenant registry: every check runs against every store (the
-//! in-memory one, PostgreSQL, MariaDB and a SQLite file), each on fresh storage, and each
-//! (check, store) pair is its own test named `<check>::<store>`.
+//! in-memory one, PostgreSQL, MariaDB, a SQLite file and Redis), each on fresh storage, and
+//! each (check, store) pair is its own test named `<check>::<store>`.
+
+mod redis_support;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
+use tenancy::redis::RedisStore;
 use tenancy::sql::mysql::MySqlStore;
 use tenancy::sql::postgres::PgStore;
 use tenancy::sql::sqlite::SqliteStore;
@@ -27,6 +30,7 @@ enum Kind {
     Postgres,
     Mysql,
     Sqlite,
+    Redis,
 }
 
 /// A SQL store, for the checks that need to reach behind the trait.
@@ -43,7 +47,7 @@ impl SqlStore {
             Kind::Postgres => Self::Postgres(PgStore::connect(url).await.expect("connect")),
             Kind::Mysql => Self::Mysql(MySqlStore::connect(url).await.expect("connect")),
             Kind::Sqlite => Self::Sqlite(SqliteStore::connect(url).await.expect("connect")),
-            Kind::Memory => unreachable!("the memory store has no SQL"),
+            Kind::Memory | Kind::Redis => unreachable!("{kind:?} has no SQL"),
         }
     }
 
@@ -130,6 +134,7 @@ enum Storage {
     Memory,
     Database { _database: TestDatabase },
     Directory { _directory: TempDir },
+    Redis { _keys: redis_support::KeySpace },
 }
 
 /// A store on fresh storage.
@@ -157,6 +162,22 @@ impl Fixture {
 
     async fn sqlite() -> Self {
         Self::open(Kind::Sqlite, true).await
+    }
+
+    /// A Redis store under a unique key prefix, whose keys are deleted when the test ends.
+    async fn redis() -> Self {
+        let keys = redis_support::KeySpace::new();
+        let connection = tenancy::redis::connect(&redis_support::client())
+            .await
+            .expect("connect to redis");
+        let store = RedisStore::new(connection, keys.prefix());
+        Self {
+            kind: Kind::Redis,
+            store: Arc::new(store),
+            sql: None,
+            url: tenancy_tests::redis_url(),
+            _storage: Storage::Redis { _keys: keys },
+        }
     }
 
     /// A store of `kind` on fresh storage, with the registry tables when `migrated`.
@@ -189,6 +210,7 @@ impl Fixture {
                     },
                 )
             }
+            Kind::Redis => return Self::redis().await,
             Kind::Sqlite => {
                 let directory = TempDir::new();
                 let url = format!("sqlite://{}", directory.0.join("registry.db").display());
@@ -710,7 +732,7 @@ async fn unreachable_registry(fixture: &Fixture) {
         Kind::Sqlite => SqliteStore::connect("sqlite:///nonexistent-tenancy-dir/sub/registry.db")
             .await
             .map(drop),
-        Kind::Memory => unreachable!("the memory store is always reachable"),
+        Kind::Memory | Kind::Redis => unreachable!("{:?} is not a SQL store", fixture.kind),
     };
     assert!(
         matches!(connected, Err(StoreError::Unavailable(_))),
@@ -737,7 +759,7 @@ async fn unreachable_registry(fixture: &Fixture) {
                 .connect_lazy("sqlite:///nonexistent-tenancy-dir/sub/registry.db")
                 .unwrap(),
         )),
-        Kind::Memory => unreachable!("the memory store is always reachable"),
+        Kind::Memory | Kind::Redis => unreachable!("{:?} is not a SQL store", fixture.kind),
     };
     let got = lazy.get(&ident("acme")).await;
     assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
@@ -771,7 +793,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!([memory, postgres, mysql, sqlite] =>
+conformance!([memory, postgres, mysql, sqlite, redis] =>
     create_get_roundtrip,
     duplicate_identifier,
     concurrent_creates,

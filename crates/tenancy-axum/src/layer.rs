@@ -1,19 +1,25 @@
 //! The tower layer: resolve, look up, gate, limit, then run the inner service with the tenant.
 
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum_core::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
-use http::Request;
 use http::request::Parts;
+use http::{Request, Uri};
+use pin_project_lite::pin_project;
 use tenancy_core::cache::TenantCache;
+use tenancy_core::rate_limit::RateLimiter;
 use tenancy_core::{IdentifierPolicy, Tenant, TenantStatus, context};
+use tokio::task::futures::TaskLocalFuture;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
-use crate::rate_limit::RateLimiter;
 use crate::rejection::TenancyRejection;
 use crate::resolver::{HeaderResolver, Resolution, TenantResolver};
 
@@ -31,6 +37,11 @@ use crate::resolver::{HeaderResolver, Resolution, TenantResolver};
 ///
 /// Refusals are JSON responses built by [`TenancyRejection`]. Excluded paths pass through with
 /// no tenant.
+///
+/// A request whose resolvers answer without I/O and whose tenant is cached is admitted inside
+/// `call`, without boxing or awaiting; a cache miss, a deferred resolver or a rate limiter
+/// continues in a boxed future from where the synchronous attempt stopped (no resolver runs
+/// twice).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -70,7 +81,7 @@ impl TenancyLayer {
             cache,
             resolvers: Vec::new(),
             strict: false,
-            policy: IdentifierPolicy::default(),
+            policy: None,
             excluded: Vec::new(),
             rate_limiter: None,
             hide_unknown_tenants: false,
@@ -88,7 +99,7 @@ pub struct TenancyLayerBuilder {
     cache: TenantCache,
     resolvers: Vec<Box<dyn TenantResolver>>,
     strict: bool,
-    policy: IdentifierPolicy,
+    policy: Option<IdentifierPolicy>,
     excluded: Vec<Box<str>>,
     rate_limiter: Option<Arc<dyn RateLimiter>>,
     hide_unknown_tenants: bool,
@@ -118,7 +129,7 @@ impl TenancyLayerBuilder {
 
     /// The identifier policy (configured reserved names). Default: built-in rules only.
     pub fn policy(mut self, policy: IdentifierPolicy) -> Self {
-        self.policy = policy;
+        self.policy = Some(policy);
         self
     }
 
@@ -158,7 +169,8 @@ impl TenancyLayerBuilder {
                 cache: self.cache,
                 resolvers: self.resolvers,
                 strict: self.strict,
-                policy: self.policy,
+                builtin_policy: self.policy.is_none(),
+                policy: self.policy.unwrap_or_default(),
                 excluded: self.excluded,
                 rate_limiter: self.rate_limiter,
                 hide_unknown_tenants: self.hide_unknown_tenants,
@@ -201,31 +213,128 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let ready = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, ready);
-        let pipeline = self.pipeline.clone();
-        Box::pin(async move {
-            if pipeline.is_excluded(request.uri().path()) {
-                return inner.call(request).await;
+        if self.pipeline.is_excluded(request.uri().path()) {
+            return ResponseFuture::new(State::Excluded {
+                future: self.inner.call(request),
+            });
+        }
+        let (parts, body) = request.into_parts();
+        match self.pipeline.admit_now(&parts) {
+            Admission::Admitted { tenant, rewritten } => {
+                let future = run_admitted(&mut self.inner, parts, body, tenant, rewritten);
+                ResponseFuture::new(State::Admitted { future })
             }
-            let (mut parts, body) = request.into_parts();
-            match pipeline.admit(&mut parts).await {
-                Ok(tenant) => {
-                    let span = tracing::info_span!("tenancy", tenant = %tenant.identifier);
-                    parts.extensions.insert(tenant.clone());
-                    let future = inner.call(Request::from_parts(parts, body));
-                    context::scope(tenant, future.instrument(span)).await
-                }
-                Err(rejection) => Ok(pipeline.present(rejection).into_response()),
+            Admission::Refused(rejection) => ResponseFuture::new(State::Refused {
+                response: Some(self.pipeline.present(rejection).into_response()),
+            }),
+            Admission::Later(progress) => {
+                // The clone is not ready; the ready service goes into the future.
+                let ready = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, ready);
+                let pipeline = self.pipeline.clone();
+                ResponseFuture::new(State::Later {
+                    future: Box::pin(async move {
+                        match pipeline.admit_later(&parts, progress).await {
+                            Ok((tenant, rewritten)) => {
+                                run_admitted(&mut inner, parts, body, tenant, rewritten).await
+                            }
+                            Err(rejection) => Ok(pipeline.present(rejection).into_response()),
+                        }
+                    }),
+                })
             }
-        })
+        }
+    }
+}
+
+/// The inner service's future for an admitted request, inside the tenant scope and span.
+type AdmittedFuture<F> = TaskLocalFuture<Arc<Tenant>, Instrumented<F>>;
+
+/// Calls the inner service with the tenant in the extensions, the path rewritten if a path
+/// resolver asked for it, and the tenant as the task-local current tenant.
+#[inline]
+fn run_admitted<S, B>(
+    inner: &mut S,
+    mut parts: Parts,
+    body: B,
+    tenant: Arc<Tenant>,
+    rewritten: Option<Uri>,
+) -> AdmittedFuture<S::Future>
+where
+    S: Service<Request<B>>,
+{
+    if let Some(uri) = rewritten {
+        parts.uri = uri;
+    }
+    // Without an interested subscriber this is a disabled span: no formatting, no allocation.
+    let span = tracing::info_span!("tenancy", tenant = %tenant.identifier);
+    parts.extensions.insert(tenant.clone());
+    let future = inner.call(Request::from_parts(parts, body));
+    context::scope(tenant, future.instrument(span))
+}
+
+pin_project! {
+    /// The response future of [`TenancyService`]: the inner service's future when the tenant
+    /// was admitted (or the path is excluded) without waiting, a ready refusal, or a boxed
+    /// future when the admission had to wait (cache miss, deferred resolver, rate limiter).
+    pub struct ResponseFuture<F, E> {
+        #[pin]
+        state: State<F, E>,
+    }
+}
+
+impl<F, E> ResponseFuture<F, E> {
+    fn new(state: State<F, E>) -> Self {
+        Self { state }
+    }
+}
+
+impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Admitted { .. } => "Admitted",
+            State::Excluded { .. } => "Excluded",
+            State::Refused { .. } => "Refused",
+            State::Later { .. } => "Later",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+pin_project! {
+    #[project = StateProjection]
+    enum State<F, E> {
+        Admitted { #[pin] future: AdmittedFuture<F> },
+        Excluded { #[pin] future: F },
+        Refused { response: Option<Response> },
+        Later { future: BoxFuture<'static, Result<Response, E>> },
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProjection::Admitted { future } => future.poll(cx),
+            StateProjection::Excluded { future } => future.poll(cx),
+            StateProjection::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+            StateProjection::Later { future } => future.as_mut().poll(cx),
+        }
     }
 }
 
@@ -235,9 +344,43 @@ struct Pipeline {
     resolvers: Vec<Box<dyn TenantResolver>>,
     strict: bool,
     policy: IdentifierPolicy,
+    /// The policy has only the built-in rules, which every cached identifier already passed.
+    builtin_policy: bool,
     excluded: Vec<Box<str>>,
     rate_limiter: Option<Arc<dyn RateLimiter>>,
     hide_unknown_tenants: bool,
+}
+
+/// The outcome of the synchronous admission attempt.
+enum Admission {
+    Admitted {
+        tenant: Arc<Tenant>,
+        rewritten: Option<Uri>,
+    },
+    Refused(TenancyRejection),
+    /// Waiting is needed; the asynchronous admission continues from here.
+    Later(Progress),
+}
+
+/// Where the synchronous admission stopped.
+struct Progress {
+    /// The resolver whose answer is pending (or the resolver count when only the rate
+    /// limiter is left).
+    resolver: usize,
+    /// That resolver's answer, owned, still to be looked up.
+    pending: Option<Resolution<'static>>,
+    admitted: Option<Arc<Tenant>>,
+    rewritten: Option<Uri>,
+}
+
+/// A resolver's answer looked up without waiting.
+enum Peeked {
+    /// The tenant it names (with the rewritten URI of a path resolver), or none.
+    Found(Option<(Arc<Tenant>, Option<Uri>)>),
+    /// Needs a registry query or a deferred resolver; the answer as an owned value.
+    Later(Resolution<'static>),
+    /// Refused without any lookup, or known to the cache as not found.
+    Refused(TenancyRejection),
 }
 
 impl Pipeline {
@@ -259,44 +402,69 @@ impl Pipeline {
         }
     }
 
-    /// Resolves, looks up, gates and rate-limits; rewrites the URI for path resolution.
-    async fn admit(&self, parts: &mut Parts) -> Result<Arc<Tenant>, TenancyRejection> {
-        let mut admitted: Option<Arc<Tenant>> = None;
+    /// Resolves and looks up without waiting: the whole admission when every resolver answers
+    /// synchronously, the tenant is cached and no rate limiter is set.
+    fn admit_now(&self, parts: &Parts) -> Admission {
+        let mut admitted = None;
         let mut rewritten = None;
-        for resolver in &self.resolvers {
-            let mut resolution = resolver.resolve(parts);
-            let tenant = loop {
-                match resolution {
-                    Resolution::Deferred(future) => resolution = future.await,
-                    Resolution::Missing => break None,
-                    Resolution::Rejected(rejection) => return Err(rejection),
-                    Resolution::Identifier(identifier) => {
-                        break Some(self.lookup_identifier(&identifier).await?);
-                    }
-                    Resolution::Domain(domain) => break Some(self.lookup_domain(&domain).await?),
-                    Resolution::Routed { identifier, uri } => {
-                        let tenant = self.lookup_identifier(&identifier).await?;
-                        rewritten.get_or_insert(uri);
-                        break Some(tenant);
-                    }
+        for (index, resolver) in self.resolvers.iter().enumerate() {
+            let found = match self.lookup_now(resolver.resolve(parts)) {
+                Peeked::Found(found) => found,
+                Peeked::Refused(rejection) => return Admission::Refused(rejection),
+                Peeked::Later(pending) => {
+                    return Admission::Later(Progress {
+                        resolver: index,
+                        pending: Some(pending),
+                        admitted,
+                        rewritten,
+                    });
                 }
             };
-            let Some(tenant) = tenant else { continue };
-            match &admitted {
-                Some(first) if first.id != tenant.id => return Err(TenancyRejection::Conflict),
-                Some(_) => {}
-                None => admitted = Some(tenant),
+            match self.merge(&mut admitted, &mut rewritten, found) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(rejection) => return Admission::Refused(rejection),
             }
-            if !self.strict {
+        }
+        let tenant = match admitted.ok_or(TenancyRejection::Missing).and_then(gate) {
+            Ok(tenant) => tenant,
+            Err(rejection) => return Admission::Refused(rejection),
+        };
+        if self.rate_limiter.is_some() {
+            return Admission::Later(Progress {
+                resolver: self.resolvers.len(),
+                pending: None,
+                admitted: Some(tenant),
+                rewritten,
+            });
+        }
+        Admission::Admitted { tenant, rewritten }
+    }
+
+    /// Continues the admission from `progress`: awaits what was pending, asks the remaining
+    /// resolvers, gates and rate-limits.
+    async fn admit_later(
+        &self,
+        parts: &Parts,
+        progress: Progress,
+    ) -> Result<(Arc<Tenant>, Option<Uri>), TenancyRejection> {
+        let Progress {
+            resolver: first,
+            mut pending,
+            mut admitted,
+            mut rewritten,
+        } = progress;
+        for resolver in self.resolvers.iter().skip(first) {
+            let resolution = match pending.take() {
+                Some(pending) => pending,
+                None => resolver.resolve(parts),
+            };
+            let found = self.lookup(resolution).await?;
+            if self.merge(&mut admitted, &mut rewritten, found)? {
                 break;
             }
         }
-        let tenant = admitted.ok_or(TenancyRejection::Missing)?;
-        match tenant.status {
-            TenantStatus::Active => {}
-            TenantStatus::Deleted => return Err(TenancyRejection::NotFound),
-            status => return Err(TenancyRejection::NotActive(status)),
-        }
+        let tenant = gate(admitted.ok_or(TenancyRejection::Missing)?)?;
         if let Some(limiter) = &self.rate_limiter {
             let decision = limiter.check(&tenant).await.map_err(|error| {
                 tracing::warn!(%error, tenant = %tenant.identifier, "rate limiter unavailable");
@@ -309,27 +477,123 @@ impl Pipeline {
                 });
             }
         }
-        if let Some(uri) = rewritten {
-            parts.uri = uri;
-        }
-        Ok(tenant)
+        Ok((tenant, rewritten))
     }
 
-    async fn lookup_identifier(&self, raw: &str) -> Result<Arc<Tenant>, TenancyRejection> {
+    /// Adds what one resolver found; `Ok(true)` when no further resolver is to be asked.
+    fn merge(
+        &self,
+        admitted: &mut Option<Arc<Tenant>>,
+        rewritten: &mut Option<Uri>,
+        found: Option<(Arc<Tenant>, Option<Uri>)>,
+    ) -> Result<bool, TenancyRejection> {
+        let Some((tenant, uri)) = found else {
+            return Ok(false);
+        };
+        if let Some(uri) = uri {
+            rewritten.get_or_insert(uri);
+        }
+        match admitted {
+            Some(first) if first.id != tenant.id => return Err(TenancyRejection::Conflict),
+            Some(_) => {}
+            None => *admitted = Some(tenant),
+        }
+        Ok(!self.strict)
+    }
+
+    /// Looks a resolver's answer up in the cache only.
+    fn lookup_now(&self, resolution: Resolution<'_>) -> Peeked {
+        let cached = |answer: Option<Option<Arc<Tenant>>>| match answer {
+            Some(Some(tenant)) => Ok(Some(tenant)),
+            Some(None) => Err(TenancyRejection::NotFound),
+            None => Ok(None),
+        };
+        match resolution {
+            Resolution::Missing => Peeked::Found(None),
+            Resolution::Rejected(rejection) => Peeked::Refused(rejection),
+            Resolution::Identifier(raw) => match self.cached_identifier(&raw).and_then(cached) {
+                Ok(Some(tenant)) => Peeked::Found(Some((tenant, None))),
+                Ok(None) => Peeked::Later(Resolution::Identifier(Cow::Owned(raw.into_owned()))),
+                Err(rejection) => Peeked::Refused(rejection),
+            },
+            Resolution::Routed { identifier, uri } => {
+                match self.cached_identifier(&identifier).and_then(cached) {
+                    Ok(Some(tenant)) => Peeked::Found(Some((tenant, Some(uri)))),
+                    Ok(None) => Peeked::Later(Resolution::Routed {
+                        identifier: Cow::Owned(identifier.into_owned()),
+                        uri,
+                    }),
+                    Err(rejection) => Peeked::Refused(rejection),
+                }
+            }
+            Resolution::Domain(domain) => match cached(self.cache.cached_domain(&domain)) {
+                Ok(Some(tenant)) => Peeked::Found(Some((tenant, None))),
+                Ok(None) => Peeked::Later(Resolution::Domain(Cow::Owned(domain.into_owned()))),
+                Err(rejection) => Peeked::Refused(rejection),
+            },
+            Resolution::Deferred(future) => Peeked::Later(Resolution::Deferred(future)),
+        }
+    }
+
+    /// Validates `raw` and peeks at the cache.
+    ///
+    /// Every key of the identifier cache is the text of a [`tenancy_core::TenantIdentifier`],
+    /// which passed the built-in rules; with no configured reserved names a hit therefore
+    /// needs no second check, and only a miss is validated.
+    fn cached_identifier(
+        &self,
+        raw: &str,
+    ) -> Result<Option<Option<Arc<Tenant>>>, TenancyRejection> {
+        if self.builtin_policy
+            && let Some(hit) = self.cache.cached(raw)
+        {
+            return Ok(Some(hit));
+        }
         self.policy
             .check(raw)
             .map_err(TenancyRejection::Malformed)?;
-        let found = match self.cache.cached(raw).await {
-            Some(found) => found,
-            None => {
-                let identifier = self
-                    .policy
-                    .parse(raw)
-                    .map_err(TenancyRejection::Malformed)?;
-                self.cache.get(&identifier).await.map_err(registry_down)?
-            }
-        };
-        found.ok_or(TenancyRejection::NotFound)
+        Ok(if self.builtin_policy {
+            None
+        } else {
+            self.cache.cached(raw)
+        })
+    }
+
+    /// Looks a resolver's answer up, awaiting deferred resolvers and registry queries.
+    async fn lookup(
+        &self,
+        mut resolution: Resolution<'_>,
+    ) -> Result<Option<(Arc<Tenant>, Option<Uri>)>, TenancyRejection> {
+        loop {
+            return match resolution {
+                Resolution::Deferred(future) => {
+                    resolution = future.await;
+                    continue;
+                }
+                Resolution::Missing => Ok(None),
+                Resolution::Rejected(rejection) => Err(rejection),
+                Resolution::Identifier(identifier) => {
+                    Ok(Some((self.lookup_identifier(&identifier).await?, None)))
+                }
+                Resolution::Domain(domain) => Ok(Some((self.lookup_domain(&domain).await?, None))),
+                Resolution::Routed { identifier, uri } => Ok(Some((
+                    self.lookup_identifier(&identifier).await?,
+                    Some(uri),
+                ))),
+            };
+        }
+    }
+
+    async fn lookup_identifier(&self, raw: &str) -> Result<Arc<Tenant>, TenancyRejection> {
+        let identifier = self
+            .policy
+            .parse(raw)
+            .map_err(TenancyRejection::Malformed)?;
+        self.cache
+            .get(&identifier)
+            .await
+            .map_err(registry_down)?
+            .ok_or(TenancyRejection::NotFound)
     }
 
     async fn lookup_domain(&self, domain: &str) -> Result<Arc<Tenant>, TenancyRejection> {
@@ -338,6 +602,15 @@ impl Pipeline {
             .await
             .map_err(registry_down)?
             .ok_or(TenancyRejection::NotFound)
+    }
+}
+
+/// Lets only active tenants pass: deleted ones are unknown, others are refused.
+fn gate(tenant: Arc<Tenant>) -> Result<Arc<Tenant>, TenancyRejection> {
+    match tenant.status {
+        TenantStatus::Active => Ok(tenant),
+        TenantStatus::Deleted => Err(TenancyRejection::NotFound),
+        status => Err(TenancyRejection::NotActive(status)),
     }
 }
 

@@ -21,15 +21,16 @@
 //! Library code depends on `axum-core` and `tower`, not `axum`; handlers and routers come from
 //! the application's axum.
 
+mod config;
 mod extract;
 mod layer;
 mod peer;
-mod rate_limit;
 mod rejection;
 pub mod resolver;
 
+pub use config::LayerConfigError;
 pub use extract::CurrentTenant;
-pub use layer::{TenancyLayer, TenancyLayerBuilder, TenancyService};
+pub use layer::{ResponseFuture, TenancyLayer, TenancyLayerBuilder, TenancyService};
 pub use peer::PeerAddr;
-pub use rate_limit::{RateLimitDecision, RateLimiter, RateLimiterUnavailable};
-pub use rejection::TenancyRejection;
+pub use rejection::{AdminError, TenancyRejection};
+pub use tenancy_core::rate_limit::{RateLimitDecision, RateLimiter, RateLimiterUnavailable};

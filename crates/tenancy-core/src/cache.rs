@@ -5,13 +5,32 @@
 //! identifiers reaches the registry once per identifier and per `negative_ttl`. Concurrent misses
 //! for the same key are coalesced into one registry query. Registry errors are returned to every
 //! waiting caller and never cached.
+//!
+//! Reads are lock-free: each table is split into shards, each shard an immutable map published
+//! through an [`ArcSwap`]. A reader loads the current snapshot (no shared write, no lock), finds
+//! the entry and checks its expiry. Writers (misses and invalidations, both rare) copy the
+//! shard, change the copy and publish it, serialized per shard by a mutex readers never touch.
+//! When a shard is full the entry closest to expiry is dropped, so short-lived "not found"
+//! entries go before known tenants.
+//!
+//! Keys are hashed with `foldhash` (fast, randomly seeded, not cryptographic): a shard holds
+//! at most `max_entries / shards` keys, so even a crafted set of colliding keys only makes
+//! that one shard's lookups linear in a bounded number of entries. Expiry is read from a
+//! `quanta` clock (TSC-based where reliable), a few nanoseconds instead of a system call.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use moka::Expiry;
-use moka::future::Cache;
+use arc_swap::ArcSwap;
+use foldhash::fast::RandomState;
+use quanta::{Clock, Instant};
+use tokio::sync::OnceCell;
 
+use crate::config::TenancyConfig;
 use crate::identifier::TenantIdentifier;
 use crate::store::{StoreError, TenantStore};
 use crate::tenant::Tenant;
@@ -20,6 +39,17 @@ use crate::tenant::Tenant;
 type Lookup = Option<Arc<Tenant>>;
 
 /// Sizes and lifetimes of a [`TenantCache`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tenancy_core::TenancyConfig;
+/// use tenancy_core::cache::CacheSettings;
+///
+/// let config = TenancyConfig::from_vars([("TENANCY_CACHE_TTL_SECONDS", "120")])?;
+/// let settings = CacheSettings::from_config(&config);
+/// assert_eq!(settings.ttl, Duration::from_secs(120));
+/// # Ok::<(), tenancy_core::ConfigError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSettings {
     /// At most this many entries per cache (identifier cache and domain cache each).
@@ -41,40 +71,251 @@ impl Default for CacheSettings {
     }
 }
 
-/// Per-entry expiry: `ttl` for found tenants, `negative_ttl` for "not found".
-#[derive(Debug, Clone, Copy)]
-struct LookupExpiry {
+impl CacheSettings {
+    /// The settings of `TENANCY_CACHE_MAX_ENTRIES`, `TENANCY_CACHE_TTL_SECONDS` and
+    /// `TENANCY_NEGATIVE_CACHE_TTL_SECONDS`.
+    pub fn from_config(config: &TenancyConfig) -> Self {
+        Self {
+            max_entries: config.cache_max_entries,
+            ttl: config.cache_ttl(),
+            negative_ttl: config.negative_cache_ttl(),
+        }
+    }
+}
+
+impl From<&TenancyConfig> for CacheSettings {
+    fn from(config: &TenancyConfig) -> Self {
+        Self::from_config(config)
+    }
+}
+
+/// Lifetimes beyond this are capped, so `Instant + ttl` cannot overflow (about 100 years).
+const LONGEST_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The target number of entries per shard; the shard count is a power of two up to 256.
+const ENTRIES_PER_SHARD: u64 = 128;
+const MAX_SHARDS: u64 = 256;
+
+/// One cached answer and when it stops being served.
+#[derive(Clone)]
+struct Entry {
+    lookup: Lookup,
+    expires_at: Instant,
+}
+
+/// An immutable snapshot of one shard.
+type ShardMap = HashMap<Arc<str>, Entry, RandomState>;
+
+/// A registry query in flight, shared by every caller that missed the same key meanwhile.
+type Load = OnceCell<Result<Lookup, Arc<StoreError>>>;
+
+struct Shard {
+    snapshot: ArcSwap<ShardMap>,
+    /// Serializes writers of this shard; readers never take it.
+    writer: Mutex<()>,
+    capacity: usize,
+}
+
+/// The cache of one kind of key (identifiers, or custom domains).
+struct Table {
+    shards: Box<[Shard]>,
+    /// Picks the shard; seeded apart from the maps' own hashers so keys spread inside a shard.
+    shard_hasher: RandomState,
+    in_flight: Mutex<HashMap<Arc<str>, Arc<Load>>>,
+    /// Bumped by every invalidation; a query that started before one is not cached.
+    generation: AtomicU64,
+    clock: Clock,
     ttl: Duration,
     negative_ttl: Duration,
 }
 
-impl LookupExpiry {
-    fn lifetime(&self, value: &Lookup) -> Option<Duration> {
-        Some(if value.is_some() {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Table {
+    fn new(settings: &CacheSettings) -> Self {
+        let shard_count = (settings.max_entries / ENTRIES_PER_SHARD)
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two();
+        let base = settings.max_entries / shard_count;
+        let remainder = settings.max_entries % shard_count;
+        let shards = (0..shard_count)
+            .map(|index| Shard {
+                snapshot: ArcSwap::from_pointee(ShardMap::default()),
+                writer: Mutex::new(()),
+                capacity: usize::try_from(base + u64::from(index < remainder))
+                    .unwrap_or(usize::MAX),
+            })
+            .collect();
+        Self {
+            shards,
+            shard_hasher: RandomState::default(),
+            in_flight: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            clock: Clock::new(),
+            ttl: settings.ttl.min(LONGEST_LIFETIME),
+            negative_ttl: settings.negative_ttl.min(LONGEST_LIFETIME),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Shard {
+        let mask = self.shards.len() - 1;
+        // Truncating the hash is intended: only its low bits pick the shard.
+        let index = self.shard_hasher.hash_one(key) as usize & mask;
+        &self.shards[index]
+    }
+
+    /// The unexpired cached answer for `key`, without locking or writing shared memory.
+    fn peek(&self, key: &str) -> Option<Lookup> {
+        let snapshot = self.shard(key).snapshot.load();
+        let entry = snapshot.get(key)?;
+        (entry.expires_at > self.clock.now()).then(|| entry.lookup.clone())
+    }
+
+    /// The cached answer, else the answer of `query`, run once for all concurrent misses.
+    async fn get_or_query<F, Fut>(&self, key: &str, query: F) -> Result<Lookup, StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Tenant>, StoreError>>,
+    {
+        if let Some(hit) = self.peek(key) {
+            return Ok(hit);
+        }
+        let load = {
+            let mut in_flight = lock(&self.in_flight);
+            // A query that finished between the peek and the lock has published its answer.
+            if let Some(hit) = self.peek(key) {
+                return Ok(hit);
+            }
+            match in_flight.get(key) {
+                Some(load) => load.clone(),
+                None => {
+                    let load = Arc::new(Load::new());
+                    in_flight.insert(Arc::from(key), load.clone());
+                    load
+                }
+            }
+        };
+        let outcome = load
+            .get_or_init(|| async {
+                let generation = self.generation.load(Ordering::Acquire);
+                let outcome = query()
+                    .await
+                    .map(|found| found.map(Arc::new))
+                    .map_err(Arc::new);
+                if let Ok(lookup) = &outcome {
+                    self.insert(key, lookup.clone(), generation);
+                }
+                self.finish(key, &load);
+                outcome
+            })
+            .await;
+        outcome.clone().map_err(unshare)
+    }
+
+    /// Forgets the in-flight query for `key` if it is still `load`.
+    fn finish(&self, key: &str, load: &Arc<Load>) {
+        let mut in_flight = lock(&self.in_flight);
+        if in_flight
+            .get(key)
+            .is_some_and(|current| Arc::ptr_eq(current, load))
+        {
+            in_flight.remove(key);
+        }
+    }
+
+    /// Caches `lookup` unless an invalidation happened since `generation` was read.
+    fn insert(&self, key: &str, lookup: Lookup, generation: u64) {
+        let shard = self.shard(key);
+        if shard.capacity == 0 {
+            return;
+        }
+        let _writer = lock(&shard.writer);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        let now = self.clock.now();
+        let lifetime = if lookup.is_some() {
             self.ttl
         } else {
             self.negative_ttl
-        })
+        };
+        let mut next = ShardMap::clone(&shard.snapshot.load());
+        next.retain(|cached, entry| entry.expires_at > now && **cached != *key);
+        while next.len() >= shard.capacity {
+            let Some(closest) = next
+                .iter()
+                .min_by_key(|(_, entry)| entry.expires_at)
+                .map(|(cached, _)| cached.clone())
+            else {
+                break;
+            };
+            next.remove(&closest);
+        }
+        next.insert(
+            Arc::from(key),
+            Entry {
+                lookup,
+                // Lifetimes are capped far below the clock's range; an overflow would mean
+                // "expired", never "forever".
+                expires_at: now.checked_add(lifetime).unwrap_or(now),
+            },
+        );
+        shard.snapshot.store(Arc::new(next));
     }
-}
 
-impl<K> Expiry<K, Lookup> for LookupExpiry {
-    fn expire_after_create(&self, _key: &K, value: &Lookup, _at: Instant) -> Option<Duration> {
-        self.lifetime(value)
+    /// Forgets every entry `forget` selects, and every query in flight for a key it selects.
+    fn invalidate_where(&self, forget: impl Fn(&str, &Entry) -> bool) {
+        for shard in &self.shards {
+            let _writer = lock(&shard.writer);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            let current = shard.snapshot.load();
+            if current.iter().any(|(key, entry)| forget(key, entry)) {
+                let mut next = ShardMap::clone(&current);
+                next.retain(|key, entry| !forget(key, entry));
+                shard.snapshot.store(Arc::new(next));
+            }
+        }
     }
 
-    fn expire_after_update(
-        &self,
-        _key: &K,
-        value: &Lookup,
-        _at: Instant,
-        _remaining: Option<Duration>,
-    ) -> Option<Duration> {
-        self.lifetime(value)
+    /// Forgets `key` and any query in flight for it.
+    fn invalidate(&self, key: &str) {
+        lock(&self.in_flight).remove(key);
+        let shard = self.shard(key);
+        let _writer = lock(&shard.writer);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let current = shard.snapshot.load();
+        if current.contains_key(key) {
+            let mut next = ShardMap::clone(&current);
+            next.remove(key);
+            shard.snapshot.store(Arc::new(next));
+        }
+    }
+
+    fn invalidate_all(&self) {
+        lock(&self.in_flight).clear();
+        for shard in &self.shards {
+            let _writer = lock(&shard.writer);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            shard.snapshot.store(Arc::new(ShardMap::default()));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.snapshot.load().len())
+            .sum()
     }
 }
 
 /// A caching front for a tenant registry. Cheap to clone; clones share the cache.
+///
+/// A hit is a lock-free read and an `Arc` clone. Concurrent misses for one key run one registry
+/// query. Errors are returned to every waiting caller and not cached. An invalidation also
+/// makes queries already in flight for the key uncacheable, so a tenant changed by an admin
+/// is never brought back stale by a slow query that started before the change.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
@@ -88,22 +329,27 @@ impl<K> Expiry<K, Lookup> for LookupExpiry {
 ///
 /// let cache = TenantCache::new(store, CacheSettings::default());
 /// assert_eq!(cache.get(&acme).await.unwrap().unwrap().name, "Acme");
+/// assert_eq!(cache.cached("acme").unwrap().unwrap().name, "Acme");
 /// let ghost = TenantIdentifier::parse("ghost").unwrap();
 /// assert!(cache.get(&ghost).await.unwrap().is_none());
 /// # });
 /// ```
 #[derive(Clone)]
 pub struct TenantCache {
+    inner: Arc<Tables>,
+}
+
+struct Tables {
     store: Arc<dyn TenantStore>,
-    by_identifier: Cache<TenantIdentifier, Lookup>,
-    by_domain: Cache<Box<str>, Lookup>,
+    by_identifier: Table,
+    by_domain: Table,
 }
 
 impl std::fmt::Debug for TenantCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TenantCache")
-            .field("identifiers", &self.by_identifier.entry_count())
-            .field("domains", &self.by_domain.entry_count())
+            .field("identifiers", &self.inner.by_identifier.len())
+            .field("domains", &self.inner.by_domain.len())
             .finish_non_exhaustive()
     }
 }
@@ -111,26 +357,18 @@ impl std::fmt::Debug for TenantCache {
 impl TenantCache {
     /// A cache in front of `store`.
     pub fn new(store: Arc<dyn TenantStore>, settings: CacheSettings) -> Self {
-        let expiry = LookupExpiry {
-            ttl: settings.ttl,
-            negative_ttl: settings.negative_ttl,
-        };
         Self {
-            store,
-            by_identifier: Cache::builder()
-                .max_capacity(settings.max_entries)
-                .expire_after(expiry)
-                .build(),
-            by_domain: Cache::builder()
-                .max_capacity(settings.max_entries)
-                .expire_after(expiry)
-                .build(),
+            inner: Arc::new(Tables {
+                store,
+                by_identifier: Table::new(&settings),
+                by_domain: Table::new(&settings),
+            }),
         }
     }
 
     /// The registry behind the cache.
     pub fn store(&self) -> &Arc<dyn TenantStore> {
-        &self.store
+        &self.inner.store
     }
 
     /// The tenant with this identifier (`None` if the registry has none).
@@ -138,72 +376,58 @@ impl TenantCache {
     /// A hit costs no registry query and no allocation beyond an `Arc` clone. Concurrent misses
     /// for one identifier run one registry query. An error is returned and not cached.
     pub async fn get(&self, identifier: &TenantIdentifier) -> Result<Lookup, StoreError> {
-        if let Some(hit) = self.by_identifier.get(identifier.as_str()).await {
-            return Ok(hit);
-        }
-        let store = &self.store;
-        self.by_identifier
-            .try_get_with(identifier.clone(), async move {
-                store.get(identifier).await.map(|found| found.map(Arc::new))
-            })
+        let store = &self.inner.store;
+        self.inner
+            .by_identifier
+            .get_or_query(identifier.as_str(), || store.get(identifier))
             .await
-            .map_err(unshare)
     }
 
     /// The cached answer for an identifier, without ever asking the registry: `None` on a miss,
-    /// `Some(None)` for a cached "not found". Takes `&str` so the request path can look up a
-    /// borrowed, already validated identifier without allocating.
-    pub async fn cached(&self, identifier: &str) -> Option<Lookup> {
-        self.by_identifier.get(identifier).await
+    /// `Some(None)` for a cached "not found". Synchronous and lock-free; takes `&str` so the
+    /// request path can look up a borrowed, already validated identifier without allocating.
+    pub fn cached(&self, identifier: &str) -> Option<Lookup> {
+        self.inner.by_identifier.peek(identifier)
     }
 
     /// The tenant owning this custom domain (lowercase, no trailing dot), cached like
     /// [`Self::get`].
     pub async fn get_by_domain(&self, domain: &str) -> Result<Lookup, StoreError> {
-        if let Some(hit) = self.by_domain.get(domain).await {
-            return Ok(hit);
-        }
-        let store = &self.store;
-        self.by_domain
-            .try_get_with(Box::from(domain), async move {
-                store
-                    .get_by_domain(domain)
-                    .await
-                    .map(|found| found.map(Arc::new))
-            })
+        let store = &self.inner.store;
+        self.inner
+            .by_domain
+            .get_or_query(domain, || store.get_by_domain(domain))
             .await
-            .map_err(unshare)
+    }
+
+    /// The cached answer for a custom domain, like [`Self::cached`].
+    pub fn cached_domain(&self, domain: &str) -> Option<Lookup> {
+        self.inner.by_domain.peek(domain)
     }
 
     /// Forgets what is cached for `identifier`, including custom-domain entries that resolved
     /// to it. A "not found" cached for a domain the tenant has just gained stays until its
     /// `negative_ttl` runs out; use [`Self::invalidate_domain`] for that.
     pub async fn invalidate(&self, identifier: &TenantIdentifier) {
-        self.by_identifier.invalidate(identifier.as_str()).await;
-        let owned: Vec<Arc<Box<str>>> = self
-            .by_domain
-            .iter()
-            .filter(|(_, lookup)| {
-                lookup
-                    .as_ref()
-                    .is_some_and(|tenant| &tenant.identifier == identifier)
-            })
-            .map(|(domain, _)| domain)
-            .collect();
-        for domain in owned {
-            self.by_domain.invalidate(&**domain).await;
-        }
+        self.inner.by_identifier.invalidate(identifier.as_str());
+        lock(&self.inner.by_domain.in_flight).clear();
+        self.inner.by_domain.invalidate_where(|_, entry| {
+            entry
+                .lookup
+                .as_ref()
+                .is_some_and(|tenant| tenant.identifier == *identifier)
+        });
     }
 
     /// Forgets what is cached for one custom domain.
     pub async fn invalidate_domain(&self, domain: &str) {
-        self.by_domain.invalidate(domain).await;
+        self.inner.by_domain.invalidate(domain);
     }
 
     /// Forgets everything.
     pub fn invalidate_all(&self) {
-        self.by_identifier.invalidate_all();
-        self.by_domain.invalidate_all();
+        self.inner.by_identifier.invalidate_all();
+        self.inner.by_domain.invalidate_all();
     }
 }
 
@@ -329,9 +553,9 @@ mod tests {
         let second = cache.get(&id("acme")).await.unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &second));
         assert_eq!(store.gets.load(Ordering::SeqCst), 1);
-        let peeked = cache.cached("acme").await.unwrap().unwrap();
+        let peeked = cache.cached("acme").unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &peeked));
-        assert!(cache.cached("other").await.is_none());
+        assert!(cache.cached("other").is_none());
     }
 
     #[tokio::test]
@@ -345,7 +569,7 @@ mod tests {
             assert!(cache.get(&id("ghost")).await.unwrap().is_none());
         }
         assert_eq!(store.gets.load(Ordering::SeqCst), 1);
-        assert_eq!(cache.cached("ghost").await, Some(None));
+        assert_eq!(cache.cached("ghost"), Some(None));
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(cache.get(&id("ghost")).await.unwrap().is_none());
         assert_eq!(store.gets.load(Ordering::SeqCst), 2);
@@ -367,7 +591,7 @@ mod tests {
             assert!(matches!(error, StoreError::Unavailable(_)), "{error}");
         }
         assert_eq!(store.gets.load(Ordering::SeqCst), 3);
-        assert!(cache.cached("acme").await.is_none());
+        assert!(cache.cached("acme").is_none());
         store.failing.store(false, Ordering::SeqCst);
         assert!(cache.get(&id("acme")).await.unwrap().is_some());
         assert!(
@@ -429,7 +653,12 @@ mod tests {
                 Err(StoreError::Unavailable(_))
             ));
         }
-        assert!(cache.cached("acme").await.is_none());
+        assert!(cache.cached("acme").is_none());
+        assert_eq!(
+            store.gets.load(Ordering::SeqCst),
+            1,
+            "one query for all waiters"
+        );
     }
 
     #[tokio::test]
@@ -468,5 +697,123 @@ mod tests {
         cache.invalidate_all();
         cache.get(&id("acme")).await.unwrap();
         assert_eq!(store.gets.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn size_is_bounded_and_known_tenants_outlive_unknown_ones() {
+        let settings = CacheSettings {
+            max_entries: 8,
+            ..CacheSettings::default()
+        };
+        let (store, cache) = setup(CountingStore::default(), settings).await;
+        cache.get(&id("acme")).await.unwrap().unwrap();
+        for n in 0..50 {
+            let ghost = id(&format!("ghost-{n}"));
+            assert!(cache.get(&ghost).await.unwrap().is_none());
+            assert!(
+                cache.cached(ghost.as_str()).is_some(),
+                "the newest entry is kept"
+            );
+        }
+        assert!(cache.inner.by_identifier.len() <= 8);
+        assert!(
+            cache.cached("acme").is_some(),
+            "unknown ones are evicted first"
+        );
+        assert_eq!(store.gets.load(Ordering::SeqCst), 51);
+
+        let big = TenantCache::new(store.clone(), CacheSettings::default());
+        assert_eq!(big.inner.by_identifier.shards.len(), 128);
+        let capacity: usize = big
+            .inner
+            .by_identifier
+            .shards
+            .iter()
+            .map(|s| s.capacity)
+            .sum();
+        assert_eq!(capacity, 10_000);
+        let none = TenantCache::new(
+            store,
+            CacheSettings {
+                max_entries: 0,
+                ..CacheSettings::default()
+            },
+        );
+        assert!(none.get(&id("acme")).await.unwrap().is_some());
+        assert!(none.cached("acme").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invalidation_during_a_query_keeps_its_stale_answer_out() {
+        let store = CountingStore {
+            delay: Some(Duration::from_millis(100)),
+            ..CountingStore::default()
+        };
+        let (store, cache) = setup(store, CacheSettings::default()).await;
+        let slow = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get(&id("acme")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        store
+            .inner
+            .set_status(&id("acme"), TenantStatus::Suspended)
+            .await
+            .unwrap();
+        cache.invalidate(&id("acme")).await;
+        // The query started before the change; its answer is not cached.
+        slow.await.unwrap().unwrap().unwrap();
+        assert!(cache.cached("acme").is_none());
+        let fresh = cache.get(&id("acme")).await.unwrap().unwrap();
+        assert_eq!(fresh.status, TenantStatus::Suspended);
+        assert_eq!(
+            cache.cached("acme").unwrap().unwrap().status,
+            TenantStatus::Suspended
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_caller_does_not_block_the_next() {
+        let store = CountingStore {
+            delay: Some(Duration::from_millis(50)),
+            ..CountingStore::default()
+        };
+        let (store, cache) = setup(store, CacheSettings::default()).await;
+        let first = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get(&id("acme")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        let tenant = cache.get(&id("acme")).await.unwrap().unwrap();
+        assert_eq!(tenant.name, "Acme");
+        assert_eq!(store.gets.load(Ordering::SeqCst), 2);
+        assert!(
+            cache
+                .inner
+                .by_identifier
+                .in_flight
+                .lock()
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn settings_from_config() {
+        let config = crate::config::TenancyConfig::from_vars([
+            ("TENANCY_CACHE_MAX_ENTRIES", "500"),
+            ("TENANCY_CACHE_TTL_SECONDS", "30"),
+            ("TENANCY_NEGATIVE_CACHE_TTL_SECONDS", "2"),
+        ])
+        .unwrap();
+        let expected = CacheSettings {
+            max_entries: 500,
+            ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(2),
+        };
+        assert_eq!(CacheSettings::from_config(&config), expected);
+        assert_eq!(CacheSettings::from(&config), expected);
     }
 }

@@ -11,6 +11,7 @@ pub mod context;
 pub mod identifier;
 pub mod manager;
 pub mod memory;
+pub mod rate_limit;
 pub mod store;
 pub mod tenant;
 

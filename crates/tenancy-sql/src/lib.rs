@@ -1,13 +1,35 @@
 //! SQL backends of tenancy, on sqlx: tenant registry stores and tenant isolation for
 //! PostgreSQL (`postgres`), MariaDB/MySQL (`mysql`) and SQLite (`sqlite`), one module per
 //! database behind its feature.
+//!
+//! Isolation is the same for every backend and mode: a [`TenantIsolation`] handle opens a
+//! [`TenantTx`] scoped to a tenant, and failures are [`IsolationError`]s. Handles:
+//! `postgres::PgIsolation` (schema and RLS on one shared database), the database-per-tenant
+//! [`database_per_tenant::TenantPools`] (`sqlite::SqliteTenantPools`,
+//! `postgres::PgTenantPools`), and [`HybridIsolation`] choosing between two of them per tenant.
+//! With feature `axum`, [`TenantTx`] is an axum extractor (refusals: `TenantTxRejection`).
 
+pub mod database_per_tenant;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+mod isolation;
+mod isolation_error;
+mod tx;
+
+pub use isolation::{HybridIsolation, TenantIsolation, isolation_extension};
+pub use isolation_error::IsolationError;
+pub use tx::{TenantConnection, TenantTx};
+
+#[cfg(feature = "axum")]
+mod extract;
+
+#[cfg(feature = "axum")]
+pub use extract::TenantTxRejection;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod registry;

@@ -8,11 +8,12 @@
 //! | feature    | what it adds |
 //! |------------|--------------|
 //! | (none)     | tenant model, identifier policy, in-memory registry, configuration, context |
-//! | `postgres` | PostgreSQL registry and isolation (schema, RLS, database) |
+//! | `postgres` | PostgreSQL registry and isolation (schema, RLS, database, hybrid) |
 //! | `mysql`    | MariaDB/MySQL registry and database-per-tenant |
 //! | `sqlite`   | SQLite registry and a database file per tenant |
-//! | `axum`     | resolvers, the tower layer, axum extractors and JSON errors |
+//! | `axum`     | resolvers, the tower layer, axum extractors (with a SQL backend, `sql::TenantTx` too) and JSON errors |
 //! | `jwt`      | the JWT claim resolver |
+//! | `redis`    | Redis tenant store, two-level cache with invalidation, rate limits |
 
 pub use tenancy_core::*;
 
@@ -23,3 +24,7 @@ pub use tenancy_axum as axum;
 /// SQL registries and isolation (features `postgres`, `mysql`, `sqlite`).
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 pub use tenancy_sql as sql;
+
+/// Redis store, cache and rate limits (feature `redis`).
+#[cfg(feature = "redis")]
+pub use tenancy_redis as redis;

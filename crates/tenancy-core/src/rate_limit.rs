@@ -1,10 +1,10 @@
-//! The per-tenant rate-limit hook. The layer asks the limiter after the status gate; an
-//! implementation backed by Redis lives in its own crate.
+//! The per-tenant rate-limit hook. The request layer asks the limiter after the status gate;
+//! the Redis and in-process implementations live in `tenancy-redis`.
 
 use std::time::Duration;
 
+use crate::{BoxError, Tenant};
 use async_trait::async_trait;
-use tenancy_core::{BoxError, Tenant};
 
 /// The limiter's answer for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct RateLimiterUnavailable(#[source] pub BoxError);
 ///
 /// ```
 /// use std::time::Duration;
-/// use tenancy_axum::{RateLimitDecision, RateLimiter, RateLimiterUnavailable};
+/// use tenancy_core::rate_limit::{RateLimitDecision, RateLimiter, RateLimiterUnavailable};
 /// use tenancy_core::Tenant;
 ///
 /// /// Lets every request through.

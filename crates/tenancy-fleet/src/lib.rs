@@ -1,0 +1,27 @@
+//! Fleet operations of tenancy: tenant migrations applied to every tenant with bounded
+//! concurrency, progress events and a report.
+//!
+//! - [`TenantMigrations`]: a checked folder of `<version>_<name>.sql` files (or embedded sqlx
+//!   migrations).
+//! - [`MigrationTarget`]: where a tenant's migrations and ledger go; implemented for a schema
+//!   per tenant ([`postgres::PgSchemaTarget`]) and a SQLite file per tenant
+//!   ([`sqlite::SqliteTarget`]). The shared tables of RLS tenants are migrated once with
+//!   [`postgres::PgSharedMigrations`].
+//! - [`migrate_all`]: every tenant through a target, with a [`MigrationReport`].
+
+mod migrations;
+mod report;
+mod runner;
+mod target;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// The attribute for implementing [`MigrationTarget`] (re-exported from `async-trait`).
+pub use async_trait::async_trait;
+pub use migrations::{LEDGER_TABLE, LedgerEntry, MigrationsError, TenantMigrations};
+pub use report::{MigrationReport, TenantOutcome, TenantReport};
+pub use runner::{MigrateOptions, ProgressEvent, migrate_all};
+pub use target::{ApplyFailure, MigrationTarget, TargetError};

@@ -1,0 +1,473 @@
+//! Database-per-tenant, the part every backend shares: a cache of one sqlx [`Pool`] per tenant
+//! ([`TenantPools`]) under a global connection budget across all of them, handing out
+//! [`TenantConnection`]s and [`TenantTx`]s. [`TenantPools`] is a [`TenantIsolation`] handle:
+//! the tenant's identifier picks its database.
+//!
+//! A backend supplies a [`DatabaseLocator`]: it turns a validated [`TenantIdentifier`] into the
+//! connect options of that tenant's database (a SQLite file, a PostgreSQL or MariaDB database),
+//! deriving every name with [`tenancy_core::DerivedName`], never from raw input. Errors are
+//! [`IsolationError`]s.
+//!
+//! # Pools
+//!
+//! Pools are created on a tenant's first request (once, however many requests arrive together),
+//! kept in an LRU cache of at most [`TenantPoolSettings::max_cached_pools`] entries and dropped
+//! from it after [`TenantPoolSettings::pool_idle_expiry`] without use. An evicted pool is closed in
+//! a spawned task; closing waits until its checked-out connections come back, so work in flight
+//! on an evicted pool finishes normally (a later request opens a fresh pool).
+//! While an evicted pool drains, the tenant's fresh pool may have its own connections, so a
+//! tenant can briefly hold up to twice [`TenantPoolSettings::max_connections_per_tenant`]; the
+//! global budget still holds.
+//!
+//! # Connection budget
+//!
+//! Every checked-out tenant connection holds one permit of a semaphore of
+//! [`TenantPoolSettings::connection_budget`] permits, so at most that many tenant connections are
+//! in use at once, whatever the number of tenants. A caller finding the budget spent waits up to
+//! [`TenantPoolSettings::acquire_timeout`], then gets [`IsolationError::BudgetExhausted`] (an HTTP
+//! 503), never the server's "too many connections".
+//!
+//! Idle connections (returned to their pool, not in use) hold no permit. They are kept small:
+//! pools open connections only on demand (`min_connections(0)`), close them after
+//! [`TenantPoolSettings::connection_idle_timeout`], close all of them when the pool is evicted,
+//! and a connection released while another caller waits for the budget is closed instead of
+//! kept idle. The connections open on the server are therefore at most the budget plus the idle
+//! ones, and the idle ones are at most `max_cached_pools × max_connections_per_tenant` and
+//! none once the budget is contended. Size the server's connection limit with that headroom.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use moka::future::Cache;
+use moka::policy::EvictionPolicy;
+use sqlx::pool::PoolOptions;
+use sqlx::{Connection, Database, Pool, SqlSafeStr};
+use tenancy_core::{IsolationMode, TenancyConfig, Tenant, TenantIdentifier};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::isolation::TenantIsolation;
+use crate::isolation_error::{IsolationError, connection_error};
+use crate::tx::{TenantConnection, TenantTx};
+
+/// The connect options of a sqlx database (`SqliteConnectOptions`, `PgConnectOptions`, ...).
+pub type ConnectOptionsOf<DB> = <<DB as Database>::Connection as Connection>::Options;
+
+/// Finds a tenant's database: turns a validated identifier into connect options.
+///
+/// Implementations derive names and paths only from the identifier, through
+/// [`tenancy_core::DerivedName`], and answer [`IsolationError::NotProvisioned`] for a tenant
+/// whose database does not exist, without creating it (in `connect_options`, or when the
+/// connection attempt is refused, in [`acquire_error`](Self::acquire_error)).
+pub trait DatabaseLocator: Send + Sync + 'static {
+    /// The sqlx database of the tenant databases.
+    type Database: Database;
+
+    /// The options to connect to `tenant`'s existing database.
+    fn connect_options(
+        &self,
+        tenant: &TenantIdentifier,
+    ) -> impl Future<Output = Result<ConnectOptionsOf<Self::Database>, IsolationError>> + Send;
+
+    /// Classifies an error of checking out a connection to `tenant`'s database (the pool
+    /// connects on demand, so connect errors arrive here). By default pool exhaustion, a closed
+    /// pool and I/O failures are [`IsolationError::Unavailable`], the rest
+    /// [`IsolationError::Database`]; a locator whose server reports a missing database answers
+    /// [`IsolationError::NotProvisioned`] for that.
+    fn acquire_error(&self, tenant: &TenantIdentifier, error: sqlx::Error) -> IsolationError {
+        let _ = tenant;
+        connection_error(error)
+    }
+}
+
+/// Sizes and timeouts of [`TenantPools`].
+///
+/// ```
+/// use tenancy_core::TenancyConfig;
+/// use tenancy_sql::database_per_tenant::TenantPoolSettings;
+/// let settings = TenantPoolSettings::from_config(&TenancyConfig::default());
+/// assert_eq!(settings.connection_budget, 50);
+/// assert_eq!(settings.max_connections_per_tenant, 5);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantPoolSettings {
+    /// Connections all tenant pools together may have checked out at once.
+    pub connection_budget: u32,
+    /// Connections one tenant's pool may have checked out at once (at least 1).
+    pub max_connections_per_tenant: u32,
+    /// How long a caller waits for a connection in total, budget included.
+    pub acquire_timeout: Duration,
+    /// Most tenant pools kept open; the least recently used is evicted beyond that.
+    pub max_cached_pools: u64,
+    /// A pool unused for this long is evicted.
+    pub pool_idle_expiry: Duration,
+    /// An idle connection is closed after this long.
+    pub connection_idle_timeout: Duration,
+}
+
+impl TenantPoolSettings {
+    /// Default of [`Self::max_cached_pools`].
+    pub const DEFAULT_MAX_CACHED_POOLS: u64 = 1_000;
+    /// Default of [`Self::pool_idle_expiry`]: ten minutes.
+    pub const DEFAULT_POOL_IDLE_EXPIRY: Duration = Duration::from_secs(600);
+    /// Default of [`Self::connection_idle_timeout`]: thirty seconds.
+    pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// Budget, per-tenant size and acquire timeout from `config`; cache size and idle times
+    /// at their defaults.
+    pub fn from_config(config: &TenancyConfig) -> Self {
+        Self {
+            connection_budget: config.connection_budget,
+            max_connections_per_tenant: config.tenant_pool_max_connections,
+            acquire_timeout: config.acquire_timeout(),
+            max_cached_pools: Self::DEFAULT_MAX_CACHED_POOLS,
+            pool_idle_expiry: Self::DEFAULT_POOL_IDLE_EXPIRY,
+            connection_idle_timeout: Self::DEFAULT_CONNECTION_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl Default for TenantPoolSettings {
+    fn default() -> Self {
+        Self::from_config(&TenancyConfig::default())
+    }
+}
+
+/// Counters of [`TenantPools`], for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolMetrics {
+    /// Tenant connections checked out now.
+    pub checked_out: usize,
+    /// The most tenant connections ever checked out at once.
+    pub peak_checked_out: usize,
+    /// Tenant pools in the cache (approximate until pending evictions ran).
+    pub cached_pools: u64,
+    /// Tenant pools created so far.
+    pub pools_opened: u64,
+    /// Evicted tenant pools whose connections are all closed.
+    pub pools_closed: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    budget: Arc<Semaphore>,
+    budget_waiters: AtomicUsize,
+    checked_out: AtomicUsize,
+    peak_checked_out: AtomicUsize,
+    pools_opened: AtomicU64,
+    pools_closed: AtomicU64,
+}
+
+/// One cached tenant pool and the slots bounding its checked-out connections.
+#[derive(Debug)]
+struct TenantPool<DB: Database> {
+    pool: Pool<DB>,
+    slots: Arc<Semaphore>,
+}
+
+impl<DB: Database> Clone for TenantPool<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            slots: self.slots.clone(),
+        }
+    }
+}
+
+/// A cache of one pool per tenant database under a global connection budget; see the
+/// [module documentation](self).
+///
+/// Cheap to clone (shared).
+pub struct TenantPools<L: DatabaseLocator> {
+    locator: Arc<L>,
+    settings: Arc<TenantPoolSettings>,
+    cache: Cache<TenantIdentifier, TenantPool<L::Database>>,
+    shared: Arc<Shared>,
+}
+
+impl<L: DatabaseLocator> Clone for TenantPools<L> {
+    fn clone(&self) -> Self {
+        Self {
+            locator: self.locator.clone(),
+            settings: self.settings.clone(),
+            cache: self.cache.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<L: DatabaseLocator> std::fmt::Debug for TenantPools<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantPools")
+            .field("settings", &self.settings)
+            .field("metrics", &self.metrics())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L: DatabaseLocator> TenantPools<L> {
+    /// Pools of the databases `locator` finds, sized by `settings`. Opens nothing yet.
+    pub fn new(locator: L, settings: TenantPoolSettings) -> Self {
+        let shared = Arc::new(Shared {
+            budget: Arc::new(Semaphore::new(settings.connection_budget as usize)),
+            budget_waiters: AtomicUsize::new(0),
+            checked_out: AtomicUsize::new(0),
+            peak_checked_out: AtomicUsize::new(0),
+            pools_opened: AtomicU64::new(0),
+            pools_closed: AtomicU64::new(0),
+        });
+        let on_evict = shared.clone();
+        let cache = Cache::builder()
+            .max_capacity(settings.max_cached_pools)
+            .time_to_idle(settings.pool_idle_expiry)
+            .eviction_policy(EvictionPolicy::lru())
+            .eviction_listener(move |_tenant, evicted: TenantPool<L::Database>, _cause| {
+                close_in_background(evicted.pool, on_evict.clone());
+            })
+            .build();
+        Self {
+            locator: Arc::new(locator),
+            settings: Arc::new(settings),
+            cache,
+            shared,
+        }
+    }
+
+    /// The locator finding the tenant databases.
+    pub fn locator(&self) -> &L {
+        &self.locator
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &TenantPoolSettings {
+        &self.settings
+    }
+
+    /// Current counters.
+    pub fn metrics(&self) -> PoolMetrics {
+        PoolMetrics {
+            checked_out: self.shared.checked_out.load(Ordering::Acquire),
+            peak_checked_out: self.shared.peak_checked_out.load(Ordering::Acquire),
+            cached_pools: self.cache.entry_count(),
+            pools_opened: self.shared.pools_opened.load(Ordering::Acquire),
+            pools_closed: self.shared.pools_closed.load(Ordering::Acquire),
+        }
+    }
+
+    /// Runs the cache's pending evictions now (they otherwise run during later cache use).
+    pub async fn run_pending_evictions(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// Checks out a connection to `tenant`'s database, opening its pool on first use.
+    ///
+    /// Waits at most [`TenantPoolSettings::acquire_timeout`] in total, then fails with
+    /// [`IsolationError::TenantBusy`] (the tenant's own pool is full) or
+    /// [`IsolationError::BudgetExhausted`] (all tenants together are at the budget).
+    pub async fn acquire(
+        &self,
+        tenant: &TenantIdentifier,
+    ) -> Result<TenantConnection<L::Database>, IsolationError> {
+        let started = Instant::now();
+        let deadline = started + self.settings.acquire_timeout;
+        let busy = || IsolationError::TenantBusy {
+            identifier: tenant.clone(),
+            waited: started.elapsed(),
+        };
+        let mut budget_slot = None;
+        // A pool evicted between lookup and checkout is closed; the retry opens a fresh one.
+        let mut attempts_left = 2;
+        let (conn, tenant_slot, budget_slot) = loop {
+            attempts_left -= 1;
+            let entry = self.pool_for(tenant).await?;
+            let tenant_slot =
+                tokio::time::timeout_at(deadline, entry.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| busy())?
+                    .map_err(|_| IsolationError::Unavailable(sqlx::Error::PoolClosed))?;
+            let budget = match budget_slot.take() {
+                Some(permit) => permit,
+                None => self.acquire_budget(deadline, started).await?,
+            };
+            match tokio::time::timeout_at(deadline, entry.pool.acquire()).await {
+                Err(_) | Ok(Err(sqlx::Error::PoolTimedOut)) => return Err(busy()),
+                Ok(Ok(conn)) => break (conn, tenant_slot, budget),
+                Ok(Err(sqlx::Error::PoolClosed)) if attempts_left > 0 => {
+                    budget_slot = Some(budget);
+                }
+                Ok(Err(other)) => return Err(self.locator.acquire_error(tenant, other)),
+            }
+        };
+        let permits = ConnectionPermits::new(self.shared.clone(), budget_slot, tenant_slot);
+        Ok(TenantConnection::new(conn, tenant.clone(), Some(permits)))
+    }
+
+    /// Begins a transaction on `tenant`'s database (sqlx's default `BEGIN`); its
+    /// [`mode`](TenantTx::mode) is `database`.
+    ///
+    /// Dropping the transaction without [`TenantTx::commit`] rolls it back. Through
+    /// [`TenantIsolation`], the same for a whole [`Tenant`]:
+    /// `TenantIsolation::begin(&pools, &tenant)`.
+    pub async fn begin(
+        &self,
+        tenant: &TenantIdentifier,
+    ) -> Result<TenantTx<L::Database>, IsolationError> {
+        TenantTx::begin(self.acquire(tenant).await?, IsolationMode::Database, None).await
+    }
+
+    /// Begins a transaction with a custom statement, such as SQLite's `BEGIN IMMEDIATE`.
+    pub async fn begin_with(
+        &self,
+        tenant: &TenantIdentifier,
+        statement: &'static str,
+    ) -> Result<TenantTx<L::Database>, IsolationError> {
+        let statement = Some(statement.into_sql_str());
+        TenantTx::begin(
+            self.acquire(tenant).await?,
+            IsolationMode::Database,
+            statement,
+        )
+        .await
+    }
+
+    /// Removes `tenant`'s pool from the cache and closes it, waiting until its checked-out
+    /// connections are back. The next request opens a new pool.
+    pub async fn evict(&self, tenant: &TenantIdentifier) {
+        if let Some(evicted) = self.cache.remove(tenant).await {
+            evicted.pool.close().await;
+        }
+    }
+
+    async fn acquire_budget(
+        &self,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<OwnedSemaphorePermit, IsolationError> {
+        if let Ok(permit) = self.shared.budget.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _waiting = WaiterCount::enter(&self.shared.budget_waiters);
+        tokio::time::timeout_at(deadline, self.shared.budget.clone().acquire_owned())
+            .await
+            .map_err(|_| IsolationError::BudgetExhausted {
+                waited: started.elapsed(),
+            })?
+            .map_err(|_| IsolationError::Unavailable(sqlx::Error::PoolClosed))
+    }
+
+    async fn pool_for(
+        &self,
+        tenant: &TenantIdentifier,
+    ) -> Result<TenantPool<L::Database>, IsolationError> {
+        if let Some(entry) = self.cache.get(tenant).await {
+            return Ok(entry);
+        }
+        let options = self.locator.connect_options(tenant).await?;
+        let settings = &self.settings;
+        let shared = &self.shared;
+        Ok(self
+            .cache
+            .get_with_by_ref(tenant, async move {
+                shared.pools_opened.fetch_add(1, Ordering::AcqRel);
+                let max = settings.max_connections_per_tenant.max(1);
+                let pool = PoolOptions::<L::Database>::new()
+                    .max_connections(max)
+                    .min_connections(0)
+                    .idle_timeout(settings.connection_idle_timeout)
+                    .acquire_timeout(settings.acquire_timeout)
+                    .test_before_acquire(false)
+                    .connect_lazy_with(options);
+                TenantPool {
+                    pool,
+                    slots: Arc::new(Semaphore::new(max as usize)),
+                }
+            })
+            .await)
+    }
+}
+
+fn close_in_background<DB: Database>(pool: Pool<DB>, shared: Arc<Shared>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            pool.close().await;
+            shared.pools_closed.fetch_add(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Counts a caller waiting for the budget while it lives.
+struct WaiterCount<'a>(&'a AtomicUsize);
+
+impl<'a> WaiterCount<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for WaiterCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The permits a checked-out tenant connection holds: one of the global budget and one of its
+/// tenant's slots. Counted in the metrics while alive.
+#[derive(Debug)]
+pub(crate) struct ConnectionPermits {
+    shared: Arc<Shared>,
+    _budget_slot: OwnedSemaphorePermit,
+    _tenant_slot: OwnedSemaphorePermit,
+}
+
+impl ConnectionPermits {
+    fn new(
+        shared: Arc<Shared>,
+        budget_slot: OwnedSemaphorePermit,
+        tenant_slot: OwnedSemaphorePermit,
+    ) -> Self {
+        let now = shared.checked_out.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.peak_checked_out.fetch_max(now, Ordering::AcqRel);
+        Self {
+            shared,
+            _budget_slot: budget_slot,
+            _tenant_slot: tenant_slot,
+        }
+    }
+
+    /// Whether other callers wait for the budget: a connection released now is closed rather
+    /// than kept idle, so idle connections do not crowd the server while the budget is spent.
+    pub(crate) fn budget_contended(&self) -> bool {
+        self.shared.budget_waiters.load(Ordering::Acquire) > 0
+    }
+}
+
+impl Drop for ConnectionPermits {
+    fn drop(&mut self) {
+        self.shared.checked_out.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<L: DatabaseLocator> TenantIsolation for TenantPools<L> {
+    type Database = L::Database;
+
+    fn mode_for(&self, _tenant: &Tenant) -> IsolationMode {
+        IsolationMode::Database
+    }
+
+    fn begin_in_mode<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        mode: IsolationMode,
+    ) -> BoxFuture<'a, Result<TenantTx<L::Database>, IsolationError>> {
+        Box::pin(async move {
+            match mode {
+                IsolationMode::Database => self.begin(&tenant.identifier).await,
+                other => Err(IsolationError::UnsupportedMode(other)),
+            }
+        })
+    }
+}
