@@ -202,3 +202,17 @@ impl Drop for TestRole {
         }
     }
 }
+
+/// The PostgreSQL databases whose names start with `prefix` (to check that a test's tenant
+/// databases were dropped).
+pub async fn postgres_databases_with_prefix(prefix: &str) -> Vec<String> {
+    let url = format!("{}/postgres", postgres_server_url());
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)")
+        .bind(prefix)
+        .fetch_all(&mut conn)
+        .await
+        .expect("list databases")
+}

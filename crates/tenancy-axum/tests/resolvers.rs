@@ -414,3 +414,61 @@ async fn strict_chain_refuses_disagreement() {
     let answer = send(&app, get_with("/whoami", &[("x-tenant-id", "acme")])).await;
     assert_eq!(answer.body, "acme");
 }
+
+/// Counts how often it is asked, then answers like `inner`.
+struct Counted<R> {
+    inner: R,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<R: tenancy_axum::resolver::TenantResolver> tenancy_axum::resolver::TenantResolver
+    for Counted<R>
+{
+    fn resolve<'a>(&'a self, parts: &'a Parts) -> Resolution<'a> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.resolve(parts)
+    }
+}
+
+#[tokio::test]
+async fn each_resolver_runs_once_whether_the_tenant_is_cached_or_not() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let store = store().await;
+    let counters: [Arc<AtomicUsize>; 3] = Default::default();
+    let app = app(TenancyLayer::builder(cache(&store))
+        .resolver(Counted {
+            inner: PathResolver::default(),
+            calls: counters[0].clone(),
+        })
+        .resolver(Counted {
+            inner: api_key_resolver(),
+            calls: counters[1].clone(),
+        })
+        .resolver(Counted {
+            inner: HeaderResolver::default(),
+            calls: counters[2].clone(),
+        })
+        .strict(true));
+    let request = || {
+        get_with(
+            "/tenants/acme/echo",
+            &[("x-api-key", "key-acme"), ("x-tenant-id", "acme")],
+        )
+    };
+    // Cold: the path lookup misses the cache and the admission continues asynchronously.
+    let cold = send(&app, request()).await;
+    assert_eq!((cold.status, cold.body.as_str()), (StatusCode::OK, "/echo"));
+    let counts = || counters.each_ref().map(|c| c.load(Ordering::SeqCst));
+    assert_eq!(counts(), [1, 1, 1]);
+    // Warm: same answer, each resolver again asked once.
+    let warm = send(&app, request()).await;
+    assert_eq!((warm.status, warm.body.as_str()), (StatusCode::OK, "/echo"));
+    assert_eq!(counts(), [2, 2, 2]);
+    assert_eq!(
+        store.gets.load(Ordering::SeqCst),
+        1,
+        "one registry query for both requests"
+    );
+}

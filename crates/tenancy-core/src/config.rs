@@ -828,10 +828,20 @@ impl TenancyConfig {
     /// Reads the `TENANCY_*` variables of the process environment; see [`Self::from_vars`].
     /// A known variable whose value is not UTF-8 is reported as invalid (never a panic).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_env_with_app_variables(&[])
+    }
+
+    /// Like [`Self::from_env`], for an application that keeps variables of its own under the
+    /// `TENANCY_` prefix (`app_variables`): those are left to it, without the warning given for
+    /// unknown names.
+    pub fn from_env_with_app_variables(app_variables: &[&str]) -> Result<Self, ConfigError> {
         let mut problems = Problems::default();
         let mut vars = Vec::new();
         for (name, value) in std::env::vars_os() {
-            let Some(name) = name.to_str().filter(|name| name.starts_with(PREFIX)) else {
+            let Some(name) = name
+                .to_str()
+                .filter(|name| name.starts_with(PREFIX) && !app_variables.contains(name))
+            else {
                 continue;
             };
             match value.into_string() {

@@ -8,8 +8,11 @@
 //!   ([`sqlite::SqliteTarget`]). The shared tables of RLS tenants are migrated once with
 //!   [`postgres::PgSharedMigrations`].
 //! - [`migrate_all`]: every tenant through a target, with a [`MigrationReport`].
+//! - [`provision`]: the [`Provisioner`](tenancy_core::manager::Provisioner)s that create and
+//!   purge a tenant's data in each isolation mode, for the tenant manager.
 
 mod migrations;
+pub mod provision;
 mod report;
 mod runner;
 mod target;

@@ -121,7 +121,7 @@ impl TenantPools<PgDatabaseLocator> {
         if let Some(migrator) = migrations {
             let mut conn = PgConnection::connect_with(&self.locator().options(&name)).await?;
             migrator
-                .run(&mut conn)
+                .run_direct(None, &mut conn, false)
                 .await
                 .map_err(|source| IsolationError::Migrate {
                     identifier: tenant.clone(),

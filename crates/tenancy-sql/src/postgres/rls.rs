@@ -187,9 +187,9 @@ pub enum RlsProblem {
 }
 
 /// Checks, at start-up, that row-level security holds for `runtime_role` on every table with a
-/// `column` column (outside the system schemas): the role is not a superuser, has no BYPASSRLS,
-/// cannot become such a role, owns none of those tables; each table has RLS enabled and forced
-/// and a policy for all commands with `USING` and `WITH CHECK` on `setting`. Run it as an
+/// `column` column (outside the system schemas and the registry's own tables): the role is not
+/// a superuser, has no BYPASSRLS, cannot become such a role, owns none of those tables; each
+/// table has RLS enabled and forced and a policy for all commands with `USING` and `WITH CHECK` on `setting`. Run it as an
 /// admin; `admin` is a pool or a connection.
 pub async fn audit_rls<'a, A>(
     admin: A,
@@ -278,11 +278,13 @@ async fn table_problems(
          WHERE a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
            AND c.relkind IN ('r', 'p') \
            AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
+           AND NOT (c.relname = ANY ($4)) \
          ORDER BY 1",
     )
     .bind(role)
     .bind(column)
     .bind(&setting_call)
+    .bind(crate::registry::REGISTRY_TABLES)
     .fetch_all(conn)
     .await?;
     if rows.is_empty() {

@@ -182,7 +182,7 @@ impl TenantPools<SqliteLocator> {
         let mut conn = SqliteConnection::connect_with(&locator.options(&path, true)).await?;
         if let Some(migrator) = migrations {
             migrator
-                .run(&mut conn)
+                .run_direct(None, &mut conn, false)
                 .await
                 .map_err(|source| IsolationError::Migrate {
                     identifier: tenant.clone(),

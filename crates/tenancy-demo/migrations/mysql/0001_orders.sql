@@ -1,0 +1,4 @@
+CREATE TABLE orders (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    description TEXT NOT NULL
+);

@@ -1,0 +1,323 @@
+//! End-to-end tests of the demo's contract (README quickstart and error table): the built
+//! binary, started per backend and isolation mode, driven over HTTP like curl would.
+
+mod demo_server;
+
+use demo_server::DemoServer;
+use serde_json::json;
+use tenancy_tests::{TestDatabase, TestRole, mysql_server_url, redis_url, unique_name};
+
+/// A temporary directory removed at the end of the test.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(unique_name("tenancy_demo"));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The whole contract on one running server: two tenants, isolation between them, the admin
+/// API and every row of the error table. `second_tier` puts the second tenant on another tier
+/// (hybrid deployments isolate the two differently).
+async fn check_contract(server: &DemoServer, second_tier: Option<&str>) {
+    let health = server.request("GET", "/health", &[], None).await;
+    assert_eq!(health.status, 200, "{}", health.text);
+    assert_eq!(health.json(), json!({ "status": "ok" }));
+
+    let acme = server.create_tenant("acme", None).await;
+    assert_eq!(acme["identifier"], "acme");
+    assert_eq!(acme["status"], "active");
+    server.create_tenant("globex", second_tier).await;
+
+    // Admin API errors.
+    let duplicate = server
+        .admin(
+            "POST",
+            "/admin/tenants",
+            Some(&json!({ "identifier": "acme", "name": "Again" })),
+        )
+        .await;
+    assert_eq!(duplicate.status, 409, "{}", duplicate.text);
+    let invalid = server
+        .admin(
+            "POST",
+            "/admin/tenants",
+            Some(&json!({ "identifier": "Bad_Name", "name": "x" })),
+        )
+        .await;
+    assert!(matches!(invalid.status, 400 | 422), "{}", invalid.text);
+    assert!(invalid.detail().contains("lowercase"), "{}", invalid.text);
+    let no_token = server.request("GET", "/admin/tenants", &[], None).await;
+    assert_eq!(no_token.status, 401);
+    let wrong_token = server
+        .request(
+            "GET",
+            "/admin/tenants",
+            &[("Authorization", "Bearer nope")],
+            None,
+        )
+        .await;
+    assert_eq!(wrong_token.status, 401);
+    let listed = server.admin("GET", "/admin/tenants", None).await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json().as_array().unwrap().len(), 2);
+    assert_eq!(
+        server
+            .admin("GET", "/admin/tenants/acme", None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .admin("GET", "/admin/tenants/nobody", None)
+            .await
+            .status,
+        404
+    );
+
+    // Orders are per tenant.
+    let first = server
+        .post_as("acme", "/orders?description=First+order")
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    assert_eq!(first.json()["description"], "First order");
+    let mut globex_ids = Vec::new();
+    for n in 0..3 {
+        let reply = server
+            .post_as("globex", &format!("/orders?description=globex-{n}"))
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        globex_ids.push(reply.json()["id"].as_i64().unwrap());
+    }
+    let acme_orders = server.get_as("acme", "/orders").await;
+    assert_eq!(acme_orders.status, 200, "{}", acme_orders.text);
+    assert_eq!(
+        acme_orders.json(),
+        json!({ "tenant": "acme", "orders": [{ "id": first.json()["id"], "description": "First order" }] })
+    );
+    let globex_orders = server.get_as("globex", "/orders").await.json();
+    assert_eq!(globex_orders["orders"].as_array().unwrap().len(), 3);
+    let acme_id = first.json()["id"].as_i64().unwrap();
+    let foreign = *globex_ids.iter().find(|id| **id != acme_id).unwrap();
+    let stolen = server.get_as("acme", &format!("/orders/{foreign}")).await;
+    assert_eq!(
+        stolen.status, 404,
+        "acme must not see globex's order: {}",
+        stolen.text
+    );
+    let own = server.get_as("globex", &format!("/orders/{foreign}")).await;
+    assert_eq!(own.status, 200, "{}", own.text);
+
+    // The error table.
+    let missing = server.request("GET", "/orders", &[], None).await;
+    assert_eq!(
+        (missing.status, missing.detail()),
+        (400, "Tenant identifier missing".into())
+    );
+    let malformed = server.get_as("Bad'; DROP TABLE orders;--", "/orders").await;
+    assert_eq!(malformed.status, 400, "{}", malformed.text);
+    let unknown = server.get_as("nobody", "/orders").await;
+    assert_eq!(
+        (unknown.status, unknown.detail()),
+        (404, "Tenant not found".into())
+    );
+
+    let suspended = server
+        .admin("POST", "/admin/tenants/globex/suspend", None)
+        .await;
+    assert_eq!(
+        (suspended.status, suspended.json()["status"].clone()),
+        (200, json!("suspended"))
+    );
+    let refused = server.get_as("globex", "/orders").await;
+    assert_eq!(
+        (refused.status, refused.detail()),
+        (403, "Tenant is not active (status: suspended)".into())
+    );
+    let activated = server
+        .admin("POST", "/admin/tenants/globex/activate", None)
+        .await;
+    assert_eq!(activated.json()["status"], "active");
+    assert_eq!(server.get_as("globex", "/orders").await.status, 200);
+
+    let deleted = server.admin("DELETE", "/admin/tenants/globex", None).await;
+    assert!(matches!(deleted.status, 200 | 204), "{}", deleted.text);
+    let gone = server.get_as("globex", "/orders").await;
+    assert_eq!(
+        (gone.status, gone.detail()),
+        (404, "Tenant not found".into())
+    );
+
+    // Purge, then re-register: the tenant starts empty.
+    let purged = server
+        .admin("DELETE", "/admin/tenants/globex?purge=true", None)
+        .await;
+    assert!(matches!(purged.status, 200 | 204), "{}", purged.text);
+    assert_eq!(
+        server
+            .admin("GET", "/admin/tenants/globex", None)
+            .await
+            .status,
+        404
+    );
+    server.create_tenant("globex", second_tier).await;
+    let fresh = server.get_as("globex", "/orders").await;
+    assert_eq!(fresh.json()["orders"], json!([]), "{}", fresh.text);
+    // And acme was never touched.
+    assert_eq!(
+        server.get_as("acme", "/orders").await.json()["orders"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_default_needs_no_configuration() {
+    let data = TempDir::new();
+    let server = DemoServer::start(&[("TENANCY_DEMO_DATA_DIR", data.path())]);
+    check_contract(&server, None).await;
+    assert!(data.0.join("registry.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_per_tenant() {
+    let db = TestDatabase::postgres("demo_schema").await;
+    let server = DemoServer::start(&[
+        ("TENANCY_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "schema".into()),
+    ]);
+    check_contract(&server, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_row_level_security_with_a_runtime_role() {
+    let role = TestRole::create("demo_rt").await;
+    let db = TestDatabase::postgres("demo_rls").await;
+    let server = DemoServer::start(&[
+        ("TENANCY_DATABASE_URL", role.url(db.name())),
+        ("TENANCY_ADMIN_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "rls".into()),
+    ]);
+    check_contract(&server, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_per_tenant() {
+    let db = TestDatabase::postgres("demo_dbpt").await;
+    // Tenant databases are named from this prefix, unique to the test, and dropped with it.
+    let prefix = format!("{}_", db.name());
+    let server = DemoServer::start(&[
+        ("TENANCY_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "database".into()),
+        ("TENANCY_DATABASE_PREFIX", prefix.clone()),
+    ]);
+    check_contract(&server, None).await;
+    for tenant in ["acme", "globex"] {
+        let reply = server
+            .admin(
+                "DELETE",
+                &format!("/admin/tenants/{tenant}?purge=true"),
+                None,
+            )
+            .await;
+        assert!(matches!(reply.status, 200 | 204), "{}", reply.text);
+    }
+    let left = tenancy_tests::postgres_databases_with_prefix(&prefix).await;
+    assert!(left.is_empty(), "purge left databases behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rls_refuses_a_superuser_runtime_role() {
+    let db = TestDatabase::postgres("demo_rls_su").await;
+    let (code, log) = DemoServer::refuses(&[
+        ("TENANCY_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "rls".into()),
+    ]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("superuser"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hybrid_by_tier() {
+    let role = TestRole::create("demo_hy").await;
+    let db = TestDatabase::postgres("demo_hybrid").await;
+    let server = DemoServer::start(&[
+        ("TENANCY_DATABASE_URL", role.url(db.name())),
+        ("TENANCY_ADMIN_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "hybrid".into()),
+        (
+            "TENANCY_HYBRID_TIER_ISOLATION",
+            "premium=schema,standard=rls".into(),
+        ),
+    ]);
+    check_contract(&server, Some("premium")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configuration_names_the_variable() {
+    let (code, log) = DemoServer::refuses(&[("TENANCY_ISOLATION_STRATEGY", "tables".into())]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("TENANCY_ISOLATION_STRATEGY"), "{log}");
+    assert!(log.contains("tables"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_and_rate_limits() {
+    let data = TempDir::new();
+    let prefix = format!("{}:", unique_name("demo"));
+    let server = DemoServer::start(&[
+        ("TENANCY_DEMO_DATA_DIR", data.path()),
+        ("TENANCY_REDIS_URL", redis_url()),
+        ("TENANCY_REDIS_KEY_PREFIX", prefix),
+        ("TENANCY_ENABLE_RATE_LIMITING", "true".into()),
+        ("TENANCY_RATE_LIMIT_PER_MINUTE", "5".into()),
+    ]);
+    server.create_tenant("acme", None).await;
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let reply = server.get_as("acme", "/orders").await;
+        if reply.status == 429 {
+            assert_eq!(reply.detail(), "Rate limit exceeded for tenant acme");
+            assert!(
+                reply.headers.contains_key("retry-after"),
+                "{:?}",
+                reply.headers
+            );
+        }
+        statuses.push(reply.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    // The health check is not rate limited, and other tenants have their own budget.
+    assert_eq!(
+        server.request("GET", "/health", &[], None).await.status,
+        200
+    );
+    server.create_tenant("globex", None).await;
+    assert_eq!(server.get_as("globex", "/orders").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_refuses_schema_isolation() {
+    let db = TestDatabase::mysql("demo_maria").await;
+    let url = format!("{}/{}", mysql_server_url(), db.name());
+    let (code, log) = DemoServer::refuses(&[
+        ("TENANCY_DATABASE_URL", url),
+        ("TENANCY_ISOLATION_STRATEGY", "schema".into()),
+    ]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("TENANCY_ISOLATION_STRATEGY"), "{log}");
+}
