@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{Request, Uri};
 use pin_project_lite::pin_project;
 use tenancy_core::cache::TenantCache;
-use tenancy_core::rate_limit::RateLimiter;
+use tenancy_core::rate_limit::{RateLimitDecision, RateLimiter};
 use tenancy_core::{IdentifierPolicy, Tenant, TenantStatus, context};
 use tokio::task::futures::TaskLocalFuture;
 use tower_layer::Layer;
@@ -20,7 +20,7 @@ use tower_service::Service;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
-use crate::rejection::TenancyRejection;
+use crate::rejection::{TenancyRejection, insert_rate_limit_headers};
 use crate::resolver::{HeaderResolver, Resolution, TenantResolver};
 
 /// Admits each request for exactly one active tenant.
@@ -242,8 +242,14 @@ where
                 ResponseFuture::new(State::Later {
                     future: Box::pin(async move {
                         match pipeline.admit_later(&parts, progress).await {
-                            Ok((tenant, rewritten)) => {
-                                run_admitted(&mut inner, parts, body, tenant, rewritten).await
+                            Ok((tenant, rewritten, decision)) => {
+                                let mut response =
+                                    run_admitted(&mut inner, parts, body, tenant, rewritten)
+                                        .await?;
+                                if let Some(decision) = decision {
+                                    insert_rate_limit_headers(response.headers_mut(), &decision);
+                                }
+                                Ok(response)
                             }
                             Err(rejection) => Ok(pipeline.present(rejection).into_response()),
                         }
@@ -447,7 +453,7 @@ impl Pipeline {
         &self,
         parts: &Parts,
         progress: Progress,
-    ) -> Result<(Arc<Tenant>, Option<Uri>), TenancyRejection> {
+    ) -> Result<(Arc<Tenant>, Option<Uri>, Option<RateLimitDecision>), TenancyRejection> {
         let Progress {
             resolver: first,
             mut pending,
@@ -465,19 +471,21 @@ impl Pipeline {
             }
         }
         let tenant = gate(admitted.ok_or(TenancyRejection::Missing)?)?;
+        let mut checked = None;
         if let Some(limiter) = &self.rate_limiter {
             let decision = limiter.check(&tenant).await.map_err(|error| {
                 tracing::warn!(%error, tenant = %tenant.identifier, "rate limiter unavailable");
                 TenancyRejection::Unavailable("Rate limiter")
             })?;
+            checked = Some(decision);
             if !decision.allowed {
                 return Err(TenancyRejection::RateLimited {
                     identifier: tenant.identifier.clone(),
-                    retry_after: decision.reset_after,
+                    decision,
                 });
             }
         }
-        Ok((tenant, rewritten))
+        Ok((tenant, rewritten, checked))
     }
 
     /// Adds what one resolver found; `Ok(true)` when no further resolver is to be asked.

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use axum_core::body::Body;
 use axum_core::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tenancy_core::manager::ManagerError;
+use tenancy_core::rate_limit::RateLimitDecision;
 use tenancy_core::{IdentifierError, StoreError, TenantIdentifier, TenantStatus, UnknownValue};
 
 /// A JSON error response: `{"detail": detail}` with `status`.
@@ -51,8 +52,8 @@ pub enum TenancyRejection {
     RateLimited {
         /// The tenant that is limited.
         identifier: TenantIdentifier,
-        /// When the client may retry.
-        retry_after: Duration,
+        /// The limiter's decision (limit, remaining 0, time until a request is admitted again).
+        decision: RateLimitDecision,
     },
     /// The tenant registry (or the rate limiter) could not answer. 503 with `Retry-After: 1`.
     #[error("{0} unavailable, retry later")]
@@ -82,14 +83,32 @@ impl TenancyRejection {
     }
 }
 
+/// Rounds up to whole seconds, as the rate-limit headers count.
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+/// Adds `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the
+/// window frees a request) for `decision`. The layer puts them on every response of a
+/// rate-limited tenant, admitted or refused.
+pub(crate) fn insert_rate_limit_headers(headers: &mut HeaderMap, decision: &RateLimitDecision) {
+    headers.insert("ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers.insert(
+        "ratelimit-reset",
+        HeaderValue::from(whole_seconds(decision.reset_after)),
+    );
+}
+
 impl IntoResponse for TenancyRejection {
     fn into_response(self) -> Response {
         let mut response = json_error(self.status(), &self.to_string());
         let headers = response.headers_mut();
         match &self {
-            Self::RateLimited { retry_after, .. } => {
-                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            Self::RateLimited { decision, .. } => {
+                insert_rate_limit_headers(headers, decision);
+                let seconds = whole_seconds(decision.reset_after).max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
             }
             Self::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

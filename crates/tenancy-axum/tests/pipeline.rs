@@ -340,11 +340,18 @@ async fn rate_limit_hook() {
     });
     let app = app(TenancyLayer::builder(cache(&store)).rate_limiter(limiter.clone()));
     let request = || get_with("/whoami", &[("x-tenant-id", "acme")]);
-    assert_eq!(send(&app, request()).await.status, StatusCode::OK);
-    assert_eq!(send(&app, request()).await.status, StatusCode::OK);
+    for remaining in ["1", "0"] {
+        let answer = send(&app, request()).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.headers["ratelimit-limit"], "2");
+        assert_eq!(answer.headers["ratelimit-remaining"], remaining);
+        assert_eq!(answer.headers["ratelimit-reset"], "3");
+    }
     let answer = send(&app, request()).await;
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(answer.headers["retry-after"], "3");
+    assert_eq!(answer.headers["ratelimit-limit"], "2");
+    assert_eq!(answer.headers["ratelimit-remaining"], "0");
     assert_eq!(answer.detail(), "Rate limit exceeded for tenant acme");
     // Suspended tenants are refused before the limiter counts them.
     let answer = send(

@@ -321,3 +321,67 @@ async fn mariadb_refuses_schema_isolation() {
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("TENANCY_ISOLATION_STRATEGY"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_reaches_another_instance_through_redis() {
+    let db = TestDatabase::postgres("demo_two").await;
+    let prefix = format!("{}:", unique_name("demo_two"));
+    let env = [
+        ("TENANCY_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "schema".to_owned()),
+        ("TENANCY_REDIS_URL", redis_url()),
+        ("TENANCY_REDIS_KEY_PREFIX", prefix),
+        // Long enough that only an invalidation message, not expiry, can explain a quick 403.
+        ("TENANCY_CACHE_TTL_SECONDS", "600".to_owned()),
+    ];
+    let a = DemoServer::start(&env);
+    let b = DemoServer::start(&env);
+    a.create_tenant("acme", None).await;
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        assert_eq!(
+            b.get_as("acme", "/orders").await.status,
+            200,
+            "B serves (and caches) acme"
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(
+            a.admin("POST", "/admin/tenants/acme/suspend", None)
+                .await
+                .status,
+            200
+        );
+        loop {
+            let reply = b.get_as("acme", "/orders").await;
+            if reply.status == 403 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "B still serves a suspended tenant after 1 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        delays.push(started.elapsed());
+        assert_eq!(
+            a.admin("POST", "/admin/tenants/acme/activate", None)
+                .await
+                .status,
+            200
+        );
+        let started = std::time::Instant::now();
+        while b.get_as("acme", "/orders").await.status != 200 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(1),
+                "B does not see the reactivation"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    delays.sort();
+    println!(
+        "suspension seen by the other instance after: median {:?}, max {:?}",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1]
+    );
+}
