@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tenancy::axum::CurrentTenant;
-use tenancy::sql::{IsolationError, TenantTx};
+use tenancy::sql::{IsolationError, TenantTx, is_transient};
 
 /// One order.
 #[derive(Debug, Clone, Serialize)]
@@ -194,7 +194,9 @@ impl IntoResponse for OrderError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadDescription => StatusCode::BAD_REQUEST,
             Self::Transaction(error) if error.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Query(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => {
+            Self::Query(error) | Self::Transaction(IsolationError::Database(error))
+                if is_transient(error) =>
+            {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Query(_) | Self::Transaction(_) => StatusCode::INTERNAL_SERVER_ERROR,

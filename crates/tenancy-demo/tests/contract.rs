@@ -385,3 +385,86 @@ async fn suspension_reaches_another_instance_through_redis() {
         delays[delays.len() - 1]
     );
 }
+
+/// Kills every connection to the test database (registry and runtime pools alike).
+async fn terminate_connections(database: &str) -> u64 {
+    use sqlx::Connection;
+    let url = format!("{}/postgres", tenancy_tests::postgres_server_url());
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    killed.len() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_outage_answers_503_and_recovers() {
+    let db = TestDatabase::postgres("demo_outage").await;
+    let server = DemoServer::start(&[
+        ("TENANCY_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "schema".into()),
+        // Short cache lifetimes so requests keep reaching the registry during the outage.
+        ("TENANCY_CACHE_TTL_SECONDS", "1".into()),
+        ("TENANCY_NEGATIVE_CACHE_TTL_SECONDS", "1".into()),
+    ]);
+    for tenant in ["acme", "globex"] {
+        server.create_tenant(tenant, None).await;
+    }
+    let server = std::sync::Arc::new(server);
+    let load: Vec<_> = (0..4)
+        .map(|worker| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let tenant = if worker % 2 == 0 { "acme" } else { "globex" };
+                let mut statuses = Vec::new();
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(4);
+                while std::time::Instant::now() < until {
+                    let reply = server.get_as(tenant, "/orders").await;
+                    if reply.status == 503 {
+                        assert!(
+                            reply.headers.contains_key("retry-after"),
+                            "{:?}",
+                            reply.headers
+                        );
+                    }
+                    statuses.push(reply.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut killed = 0;
+    for _ in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        killed += terminate_connections(db.name()).await;
+    }
+    let mut statuses = Vec::new();
+    for worker in load {
+        statuses.extend(worker.await.unwrap());
+    }
+    assert!(killed > 0, "the outage killed no connection");
+    let unexpected: Vec<_> = statuses
+        .iter()
+        .filter(|s| !matches!(s, 200 | 503))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "only 200 or 503 during the outage, got {unexpected:?}"
+    );
+    // Recovery without a restart: a little while after the last kill, every request succeeds.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for tenant in ["acme", "globex", "acme", "globex"] {
+        let reply = server.get_as(tenant, "/orders").await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    println!(
+        "outage: {} requests, {} answered 503, {killed} connections killed",
+        statuses.len(),
+        statuses.iter().filter(|s| **s == 503).count()
+    );
+}

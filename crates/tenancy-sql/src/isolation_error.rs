@@ -23,7 +23,9 @@ pub enum IsolationError {
         /// How long the caller waited.
         waited: Duration,
     },
-    /// The tenant's own pool had no free connection within the acquire timeout. Transient.
+    /// The tenant used all its connections for the whole wait: its own pool
+    /// (database-per-tenant) had no free connection within the acquire timeout, or it was at
+    /// its concurrency limit on a shared pool for the whole concurrency wait. Transient.
     #[error("tenant '{identifier}' has no free database connection (waited {waited:?})")]
     TenantBusy {
         /// The tenant.
@@ -94,6 +96,16 @@ pub enum IsolationError {
         /// The rule it breaks.
         rule: &'static str,
     },
+    /// The tenant is placed on a database server that is not configured (not in
+    /// `TENANCY_DATABASE_SERVERS`); it is not served from another server instead.
+    #[error(
+        "tenant is placed on database server '{name}', which is not configured; \
+         add it to TENANCY_DATABASE_SERVERS"
+    )]
+    UnknownServer {
+        /// The server name of the tenant's placement.
+        name: String,
+    },
 }
 
 impl IsolationError {
@@ -125,15 +137,13 @@ impl IsolationError {
     }
 }
 
-/// Classifies an error from getting a usable connection (checkout, connect, `BEGIN`): pool
-/// exhaustion, a closed pool and I/O or connect failures are [`IsolationError::Unavailable`].
+/// Classifies an error from getting a usable connection (checkout, connect, `BEGIN`): what
+/// [`crate::is_transient`] calls transient (pool exhaustion, a closed pool, a broken or
+/// terminated connection) is [`IsolationError::Unavailable`].
 pub(crate) fn connection_error(error: sqlx::Error) -> IsolationError {
-    match error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => IsolationError::Unavailable(error),
-        other => IsolationError::Database(other),
+    if crate::is_transient(&error) {
+        IsolationError::Unavailable(error)
+    } else {
+        IsolationError::Database(error)
     }
 }

@@ -12,6 +12,7 @@
 pub mod database_per_tenant;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+pub mod placement;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
@@ -19,10 +20,12 @@ pub mod sqlite;
 
 mod isolation;
 mod isolation_error;
+mod transient;
 mod tx;
 
 pub use isolation::{HybridIsolation, TenantIsolation, isolation_extension};
 pub use isolation_error::IsolationError;
+pub use transient::is_transient;
 pub use tx::{TenantConnection, TenantTx};
 
 #[cfg(feature = "axum")]
