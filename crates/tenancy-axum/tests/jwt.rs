@@ -122,6 +122,9 @@ async fn hs256_tokens_and_attacks() {
     let mut expired = good(json!("acme"));
     expired["exp"] = json!(now() - 3600);
     refused(&app, &hs(&expired, SECRET), "token expired").await;
+    let mut not_yet = good(json!("acme"));
+    not_yet["nbf"] = json!(now() + 3600);
+    refused(&app, &hs(&not_yet, SECRET), "token not yet valid").await;
     let mut no_exp = good(json!("acme"));
     no_exp.as_object_mut().unwrap().remove("exp");
     refused(&app, &hs(&no_exp, SECRET), "required claim missing").await;

@@ -167,6 +167,7 @@ impl JwtResolver {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.leeway = 0;
         Self {
             algorithm,
