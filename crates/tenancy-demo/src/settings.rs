@@ -18,8 +18,9 @@ pub const VARIABLES: &[&str] = &[
 pub struct DemoSettings {
     /// `TENANCY_DEMO_ADDR` (default `127.0.0.1:8000`).
     pub addr: SocketAddr,
-    /// `TENANCY_DEMO_DATA_DIR` (default `./data`): the SQLite registry and tenant files.
-    pub data_dir: PathBuf,
+    /// `TENANCY_DEMO_DATA_DIR`: where the SQLite registry and tenant files live; unset, they
+    /// live under `TENANCY_SQLITE_DATA_DIR` (default `./data`), where the `tenancy` CLI looks.
+    pub data_dir: Option<PathBuf>,
     /// `TENANCY_ADMIN_TOKEN`: bearer token of the admin API; unset turns the admin API off.
     pub admin_token: Option<Secret>,
 }
@@ -53,9 +54,7 @@ impl DemoSettings {
         }
         Ok(Self {
             addr,
-            data_dir: var("TENANCY_DEMO_DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("./data")),
+            data_dir: var("TENANCY_DEMO_DATA_DIR").map(PathBuf::from),
             admin_token,
         })
     }

@@ -10,6 +10,8 @@
 //! - [`migrate_all`]: every tenant through a target, with a [`MigrationReport`].
 //! - [`provision`]: the [`Provisioner`](tenancy_core::manager::Provisioner)s that create and
 //!   purge a tenant's data in each isolation mode, for the tenant manager.
+//! - [`deployment`] (features `postgres` and `sqlite`): a whole deployment (registry,
+//!   isolation, provisioner, migration target) from a `TenancyConfig`.
 
 mod migrations;
 pub mod provision;
@@ -17,6 +19,8 @@ mod report;
 mod runner;
 mod target;
 
+#[cfg(all(feature = "postgres", feature = "sqlite"))]
+pub mod deployment;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -1,8 +1,8 @@
 //! PostgreSQL targets: a schema per tenant ([`PgSchemaTarget`], ledger inside each schema, one
-//! advisory lock per schema) and the shared tables of RLS tenants ([`PgSharedMigrations`],
-//! migrated once).
+//! advisory lock per schema), a database per tenant ([`PgDatabaseTarget`], ledger inside each
+//! database) and the shared tables of RLS tenants ([`PgSharedMigrations`], migrated once).
 //!
-//! Both work on an admin pool (a role allowed to run DDL), not the request pool. While a
+//! The schema and shared targets work on an admin pool (a role allowed to run DDL), not the request pool. While a
 //! tenant migrates, its connection has a session-level `search_path` of the tenant schema and
 //! holds the tenant's advisory lock; both are undone (`RESET ALL`, unlock) before the
 //! connection goes back to the pool, and a connection that cannot be reset (error, panic,
@@ -13,9 +13,11 @@ use futures_util::future::BoxFuture;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgDatabaseError;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
 use tenancy_core::identifier::check_prefix;
 use tenancy_core::{DerivedName, DerivedNameError, NameTarget, Tenant, TenantIdentifier};
+use tenancy_sql::database_per_tenant::DatabaseLocator;
+use tenancy_sql::postgres::PgTenantPools;
 
 use crate::migrations::{LEDGER_TABLE, LedgerEntry, TenantMigrations};
 use crate::target::{ApplyFailure, MigrationTarget, TargetError};
@@ -154,6 +156,103 @@ impl PgSharedMigrations {
     /// Applies what is pending; returns the versions applied, ascending.
     pub async fn apply(&self) -> Result<Vec<i64>, ApplyFailure> {
         apply(&self.pool, &self.migrations, &Self::scope()).await
+    }
+}
+
+/// Migrates a PostgreSQL database per tenant (named by `pools`' locator), with sqlx's ledger
+/// inside each database. A missing database is created through the admin pool; each tenant
+/// migrates on a connection of its own, closed afterwards, holding an advisory lock keyed by
+/// the database name, so two runs over the same tenant apply each migration once.
+#[derive(Debug, Clone)]
+pub struct PgDatabaseTarget {
+    admin: PgPool,
+    pools: PgTenantPools,
+    migrations: TenantMigrations,
+}
+
+impl PgDatabaseTarget {
+    /// Tenant databases found by `pools`, created through `admin_pool` (a role allowed to
+    /// `CREATE DATABASE`) and migrated with `migrations`.
+    pub fn new(admin_pool: PgPool, pools: PgTenantPools, migrations: TenantMigrations) -> Self {
+        Self {
+            admin: admin_pool,
+            pools,
+            migrations,
+        }
+    }
+}
+
+/// SQLSTATE of "database does not exist".
+const INVALID_CATALOG_NAME: &str = "3D000";
+
+#[async_trait]
+impl MigrationTarget for PgDatabaseTarget {
+    async fn pending(&self, tenant: &Tenant) -> Result<Vec<i64>, TargetError> {
+        let options = self
+            .pools
+            .locator()
+            .connect_options(&tenant.identifier)
+            .await?;
+        let mut conn = match PgConnection::connect_with(&options).await {
+            Ok(conn) => conn,
+            Err(error)
+                if error
+                    .as_database_error()
+                    .is_some_and(|db| db.code().as_deref() == Some(INVALID_CATALOG_NAME)) =>
+            {
+                return Ok(self.migrations.versions());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let ledger = read_ledger(&mut conn, LEDGER_TABLE).await;
+        conn.close().await?;
+        Ok(self.migrations.pending_after(&ledger?)?)
+    }
+
+    async fn apply(&self, tenant: &Tenant) -> Result<Vec<i64>, ApplyFailure> {
+        let name = self.pools.locator().database_name(&tenant.identifier)?;
+        {
+            let mut admin = self.admin.acquire().await?;
+            self.pools
+                .create_tenant_database(&mut admin, &tenant.identifier, None)
+                .await?;
+        }
+        let options = self
+            .pools
+            .locator()
+            .connect_options(&tenant.identifier)
+            .await?;
+        // A connection of its own: closing it (or dropping it half-way) releases the lock.
+        let mut conn = PgConnection::connect_with(&options).await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(schema_lock_key(name.as_str()))
+            .execute(&mut conn)
+            .await?;
+        let before = read_ledger(&mut conn, LEDGER_TABLE).await?;
+        let pending = self.migrations.pending_after(&before)?;
+        let outcome = if pending.is_empty() {
+            Ok(pending)
+        } else {
+            match run_migrator(self.migrations.migrator(), &mut conn).await {
+                Ok(()) => Ok(pending),
+                Err(error) => {
+                    let applied = match read_ledger(&mut conn, LEDGER_TABLE).await {
+                        Ok(after) => after
+                            .iter()
+                            .filter(|entry| entry.success && !before.contains(entry))
+                            .map(|entry| entry.version)
+                            .collect(),
+                        Err(_) => applied_before_failure(&pending, &error),
+                    };
+                    Err(ApplyFailure {
+                        applied,
+                        error: error.into(),
+                    })
+                }
+            }
+        };
+        conn.close().await?;
+        outcome
     }
 }
 

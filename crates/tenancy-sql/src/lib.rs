@@ -12,7 +12,6 @@
 pub mod database_per_tenant;
 #[cfg(feature = "mysql")]
 pub mod mysql;
-pub mod placement;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
@@ -22,6 +21,15 @@ mod isolation;
 mod isolation_error;
 mod transient;
 mod tx;
+
+/// The tables of the SQL tenant registries. They hold no tenant data (a domain row's
+/// `tenant_id` points at its tenant), so the row-level security audit and RLS set-up leave
+/// them alone.
+pub const REGISTRY_TABLES: &[&str] = &[
+    "tenancy_tenants",
+    "tenancy_tenant_domains",
+    "tenancy_registry_migrations",
+];
 
 pub use isolation::{HybridIsolation, TenantIsolation, isolation_extension};
 pub use isolation_error::IsolationError;

@@ -11,15 +11,6 @@ use tenancy_core::{
     IsolationMode, Metadata, StoreError, Tenant, TenantId, TenantIdentifier, TenantStatus,
 };
 
-/// The registry's own tables. They hold no tenant data (a domain row's `tenant_id` points at
-/// its tenant), so the row-level security audit leaves them alone.
-#[cfg(feature = "postgres")]
-pub(crate) const REGISTRY_TABLES: &[&str] = &[
-    "tenancy_tenants",
-    "tenancy_tenant_domains",
-    "tenancy_registry_migrations",
-];
-
 /// One versioned step of the registry schema, applied once and recorded in the ledger table
 /// `tenancy_registry_migrations`.
 #[derive(Debug)]

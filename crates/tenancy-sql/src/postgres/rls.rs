@@ -284,7 +284,7 @@ async fn table_problems(
     .bind(role)
     .bind(column)
     .bind(&setting_call)
-    .bind(crate::registry::REGISTRY_TABLES)
+    .bind(crate::REGISTRY_TABLES)
     .fetch_all(conn)
     .await?;
     if rows.is_empty() {
