@@ -21,6 +21,8 @@ mod target;
 
 #[cfg(all(feature = "postgres", feature = "sqlite"))]
 pub mod deployment;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

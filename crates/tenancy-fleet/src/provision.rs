@@ -20,6 +20,8 @@ use tenancy_core::{BoxError, IsolationMode, Tenant, quote_postgres_ident};
 
 use crate::target::MigrationTarget;
 
+#[cfg(feature = "mysql")]
+pub use self::mysql::MySqlDatabaseProvisioner;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{PgDatabaseProvisioner, PgRlsProvisioner, PgSchemaProvisioner};
 #[cfg(feature = "sqlite")]
@@ -206,6 +208,42 @@ mod sqlite {
 
         async fn purge(&self, tenant: &Tenant) -> Result<(), BoxError> {
             self.pools.drop_tenant_database(&tenant.identifier).await?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+    use crate::mysql::MySqlDatabaseTarget;
+
+    /// A MariaDB/MySQL database per tenant: the target creates the database and migrates it
+    /// under the tenant's migration lock; purge drops it.
+    #[derive(Debug, Clone)]
+    pub struct MySqlDatabaseProvisioner {
+        target: MySqlDatabaseTarget,
+    }
+
+    impl MySqlDatabaseProvisioner {
+        /// Provisions through `target` (its pools' locator, its admin pool, its migrations).
+        pub fn new(target: MySqlDatabaseTarget) -> Self {
+            Self { target }
+        }
+    }
+
+    #[async_trait]
+    impl Provisioner for MySqlDatabaseProvisioner {
+        async fn provision(&self, tenant: &Tenant) -> Result<(), BoxError> {
+            migrate_tenant(&self.target, tenant).await
+        }
+
+        async fn purge(&self, tenant: &Tenant) -> Result<(), BoxError> {
+            let mut admin = self.target.admin().acquire().await?;
+            self.target
+                .pools()
+                .drop_tenant_database(&mut admin, &tenant.identifier)
+                .await?;
             Ok(())
         }
     }

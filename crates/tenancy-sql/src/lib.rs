@@ -12,6 +12,7 @@
 pub mod database_per_tenant;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+pub mod placement;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -1,0 +1,422 @@
+//! Tenants placed on several PostgreSQL servers (database-per-tenant): each request reaches the
+//! server of the tenant's placement, an unknown server is an error and never a fallback, and
+//! provisioning and fleet migrations reach the tenants of every server.
+//!
+//! Needs a second PostgreSQL server: `TENANCY_TEST_POSTGRES_SECOND_URL`, default
+//! `postgres://postgres@127.0.0.1:5433`, which `scripts/test` creates for the run.
+
+use std::collections::BTreeMap;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{Connection, PgConnection, SqlSafeStr};
+use tenancy::sql::placement::PlacedPools;
+use tenancy::sql::postgres::{PgDatabaseLocator, PgTenantPools};
+use tenancy::sql::{IsolationError, TenantIsolation, isolation_extension};
+use tenancy::{NewTenant, TenancyConfig, Tenant, TenantIdentifier, TenantStatus};
+use tenancy_fleet::{
+    ApplyFailure, MigrateOptions, MigrationTarget, TargetError, TenantOutcome, async_trait,
+    migrate_all,
+};
+use tenancy_tests::{postgres_server_url, unique_name};
+
+/// The second PostgreSQL server.
+fn second_server_url() -> String {
+    std::env::var("TENANCY_TEST_POSTGRES_SECOND_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".to_owned())
+}
+
+/// The servers of the tests: `main` (also the default) and `second`.
+fn server_urls() -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("main", postgres_server_url()),
+        ("second", second_server_url()),
+    ])
+}
+
+async fn server_admin(url: &str) -> PgConnection {
+    match PgConnection::connect(&format!("{url}/postgres")).await {
+        Ok(conn) => conn,
+        Err(error) => panic!(
+            "PostgreSQL server {url} is not reachable ({error}). The placement tests need a \
+             second server: run scripts/test, which creates one on port 5433 \
+             (pg_createcluster), or set TENANCY_TEST_POSTGRES_SECOND_URL"
+        ),
+    }
+}
+
+/// A unique database prefix, and every database under it dropped on both servers when this
+/// value is dropped, panicking test or not.
+struct Databases {
+    prefix: String,
+}
+
+impl Databases {
+    fn new() -> Self {
+        Self {
+            prefix: format!("{}_", unique_name("tpl")),
+        }
+    }
+
+    async fn on(&self, url: &str) -> Vec<String> {
+        let mut admin = server_admin(url).await;
+        sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+        )
+        .bind(&self.prefix)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for test clean-up")
+                .block_on(async move {
+                    for url in server_urls().values() {
+                        let Ok(mut admin) = PgConnection::connect(&format!("{url}/postgres")).await
+                        else {
+                            continue;
+                        };
+                        let names: Vec<String> = sqlx::query_scalar(
+                            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+                        )
+                        .bind(&prefix)
+                        .fetch_all(&mut admin)
+                        .await
+                        .expect("list test databases");
+                        for name in names {
+                            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                                .execute(&mut admin)
+                                .await
+                                .expect("drop a test database");
+                        }
+                    }
+                });
+        });
+        if cleanup.join().is_err() && !std::thread::panicking() {
+            panic!("could not drop the databases under {}", self.prefix);
+        }
+    }
+}
+
+/// Pools on both servers, configured as an application would: `main` is the default server
+/// and a named one, `second` only named.
+fn placed_pools(databases: &Databases) -> PlacedPools<PgDatabaseLocator> {
+    let config = TenancyConfig::builder()
+        .database_url(format!("{}/app", postgres_server_url()))
+        .database_prefix(databases.prefix.clone())
+        .connection_budget(4)
+        .tenant_pool_max_connections(2)
+        .database_servers(server_urls())
+        .build()
+        .unwrap();
+    let default = PgDatabaseLocator::from_url(&postgres_server_url(), &databases.prefix).unwrap();
+    PlacedPools::from_config(&config, default, |_, url| {
+        PgDatabaseLocator::from_url(url.expose(), &config.database_prefix)
+    })
+    .unwrap()
+}
+
+fn tenant(identifier: &str, placement: Option<&str>) -> Tenant {
+    let mut tenant = NewTenant::new(TenantIdentifier::parse(identifier).unwrap(), identifier)
+        .with_status(TenantStatus::Active)
+        .into_tenant();
+    tenant.placement = placement.map(str::to_owned);
+    tenant
+}
+
+/// The URL of the server `tenant` is placed on (`main` by default).
+fn url_of(tenant: &Tenant) -> String {
+    server_urls()[tenant.placement.as_deref().unwrap_or("main")].clone()
+}
+
+fn migration(version: i64) -> Migration {
+    let sql = format!("CREATE TABLE table_{version} (id INT PRIMARY KEY)");
+    Migration::new(
+        version,
+        format!("table {version}").into(),
+        MigrationType::Simple,
+        sqlx::AssertSqlSafe(sql).into_sql_str(),
+        false,
+    )
+}
+
+async fn provision(
+    placed: &PlacedPools<PgDatabaseLocator>,
+    tenant: &Tenant,
+    migrator: &Migrator,
+) -> Result<(), IsolationError> {
+    let pools = placed.pools_for(tenant)?;
+    let mut admin = server_admin(&url_of(tenant)).await;
+    pools
+        .create_tenant_database(&mut admin, &tenant.identifier, Some(migrator))
+        .await?;
+    Ok(())
+}
+
+/// Which server and database a request for `tenant` reaches.
+async fn reached(
+    handle: &dyn TenantIsolation<Database = sqlx::Postgres>,
+    tenant: &Tenant,
+) -> (i32, String) {
+    let mut tx = handle.begin(tenant).await.unwrap();
+    let reached = sqlx::query_as("SELECT inet_server_port(), current_database()::text")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    reached
+}
+
+fn port_of(url: &str) -> i32 {
+    url.rsplit(':')
+        .next()
+        .and_then(|port| port.split('/').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or(5432)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_reaches_the_server_of_its_tenant() {
+    server_admin(&second_server_url()).await;
+    let databases = Databases::new();
+    let placed = placed_pools(&databases);
+    let migrator = Migrator::with_migrations(vec![migration(1)]);
+    let acme = tenant("acme", None);
+    let beta = tenant("beta", Some("second"));
+    let gamma = tenant("gamma", Some("main"));
+    for tenant in [&acme, &beta, &gamma] {
+        provision(&placed, tenant, &migrator).await.unwrap();
+    }
+    let (main_url, second_url) = (postgres_server_url(), second_server_url());
+    let name = |identifier: &str| format!("{}{identifier}", databases.prefix);
+    assert_eq!(databases.on(&main_url).await, [name("acme"), name("gamma")]);
+    assert_eq!(databases.on(&second_url).await, [name("beta")]);
+
+    let handle = isolation_extension(placed.clone());
+    assert_eq!(
+        reached(&*handle, &acme).await,
+        (port_of(&main_url), name("acme"))
+    );
+    assert_eq!(
+        reached(&*handle, &beta).await,
+        (port_of(&second_url), name("beta"))
+    );
+    assert_eq!(
+        reached(&*handle, &gamma).await,
+        (port_of(&main_url), name("gamma"))
+    );
+    assert_ne!(port_of(&main_url), port_of(&second_url));
+
+    // Writes land on the tenant's server only.
+    let mut tx = handle.begin(&beta).await.unwrap();
+    sqlx::query("INSERT INTO table_1 (id) VALUES (7)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    for (tenant, expected) in [(&beta, 1), (&acme, 0), (&gamma, 0)] {
+        let mut tx = handle.begin(tenant).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM table_1")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(rows, expected, "{}", tenant.identifier);
+        tx.commit().await.unwrap();
+    }
+
+    // Each server's pools have their own cache and budget.
+    assert_eq!(placed.default_pools().metrics().pools_opened, 1);
+    let opened: BTreeMap<&str, u64> = placed
+        .servers()
+        .map(|(name, pools)| (name, pools.metrics().pools_opened))
+        .collect();
+    assert_eq!(opened, BTreeMap::from([("main", 1), ("second", 1)]));
+    assert_eq!(
+        placed
+            .server(Some("second"))
+            .unwrap()
+            .settings()
+            .connection_budget,
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_is_never_served_from_another_server() {
+    server_admin(&second_server_url()).await;
+    let databases = Databases::new();
+    let placed = placed_pools(&databases);
+    let handle = isolation_extension(placed.clone());
+    let migrator = Migrator::with_migrations(vec![migration(1)]);
+
+    // `twin` has a database on the default server only, but is placed on `second`.
+    let on_default = tenant("twin", None);
+    provision(&placed, &on_default, &migrator).await.unwrap();
+    let twin = tenant("twin", Some("second"));
+    let err = handle.begin(&twin).await.unwrap_err();
+    assert!(
+        matches!(&err, IsolationError::NotProvisioned { identifier } if identifier == &twin.identifier),
+        "{err}"
+    );
+
+    // An unknown server name: a clear error, nothing opened or created anywhere.
+    let opened = || -> u64 {
+        placed
+            .servers()
+            .map(|(_, pools)| pools.metrics().pools_opened)
+            .sum::<u64>()
+            + placed.default_pools().metrics().pools_opened
+    };
+    let opened_before = opened();
+    let lost = tenant("lost", Some("mars"));
+    let err = handle.begin(&lost).await.unwrap_err();
+    assert!(
+        matches!(&err, IsolationError::UnknownServer { name } if name == "mars"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("'mars'"), "{err}");
+    assert!(!err.is_unavailable());
+    let err = provision(&placed, &lost, &migrator).await.unwrap_err();
+    assert!(matches!(err, IsolationError::UnknownServer { .. }), "{err}");
+    assert_eq!(
+        databases.on(&second_server_url()).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        databases.on(&postgres_server_url()).await,
+        [format!("{}twin", databases.prefix)]
+    );
+    assert_eq!(opened(), opened_before);
+}
+
+/// Migrates database-per-tenant tenants wherever they are placed: the tenant's server from its
+/// placement, its database created if missing, then sqlx's migrator in it.
+struct PlacedTarget {
+    placed: PlacedPools<PgDatabaseLocator>,
+    migrator: Migrator,
+}
+
+impl PlacedTarget {
+    async fn applied(pools: &PgTenantPools, tenant: &Tenant) -> Result<Vec<i64>, TargetError> {
+        let mut conn = match pools.acquire(&tenant.identifier).await {
+            Ok(conn) => conn,
+            Err(IsolationError::NotProvisioned { .. }) => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let ledger = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&mut *conn)
+        .await;
+        match ledger {
+            Ok(versions) => Ok(versions),
+            Err(error)
+                if error
+                    .as_database_error()
+                    .and_then(|db| db.code())
+                    .is_some_and(|code| code == "42P01") =>
+            {
+                Ok(Vec::new())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl MigrationTarget for PlacedTarget {
+    async fn pending(&self, tenant: &Tenant) -> Result<Vec<i64>, TargetError> {
+        let applied = Self::applied(self.placed.pools_for(tenant)?, tenant).await?;
+        Ok(self
+            .migrator
+            .iter()
+            .map(|migration| migration.version)
+            .filter(|version| !applied.contains(version))
+            .collect())
+    }
+
+    async fn apply(&self, tenant: &Tenant) -> Result<Vec<i64>, ApplyFailure> {
+        let before = self.pending(tenant).await?;
+        provision(&self.placed, tenant, &self.migrator).await?;
+        Ok(before)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_and_migrations_reach_every_server() {
+    server_admin(&second_server_url()).await;
+    let databases = Databases::new();
+    let placed = placed_pools(&databases);
+    let tenants: Vec<Tenant> = (0..6)
+        .map(|i| {
+            let placement = ["second", "main"].get(i % 3).copied();
+            tenant(&format!("tenant-{i}"), placement)
+        })
+        .collect();
+
+    let first = PlacedTarget {
+        placed: placed.clone(),
+        migrator: Migrator::with_migrations(vec![migration(1)]),
+    };
+    let report = migrate_all(&first, tenants.clone(), &MigrateOptions::new()).await;
+    assert!(report.is_success(), "{report}");
+    assert_eq!(report.applied(), 6, "{report}");
+    let (on_main, on_second) = (
+        databases.on(&postgres_server_url()).await,
+        databases.on(&second_server_url()).await,
+    );
+    assert_eq!(
+        (on_main.len(), on_second.len()),
+        (4, 2),
+        "{on_main:?} {on_second:?}"
+    );
+
+    let second = PlacedTarget {
+        placed: placed.clone(),
+        migrator: Migrator::with_migrations(vec![migration(1), migration(2)]),
+    };
+    let report = migrate_all(&second, tenants.clone(), &MigrateOptions::new()).await;
+    assert!(report.is_success(), "{report}");
+    for line in &report.tenants {
+        assert_eq!(line.outcome, TenantOutcome::Applied(vec![2]), "{report}");
+    }
+    let handle = isolation_extension(placed.clone());
+    for tenant in &tenants {
+        assert!(second.pending(tenant).await.unwrap().is_empty());
+        let (port, _) = reached(&*handle, tenant).await;
+        assert_eq!(port, port_of(&url_of(tenant)), "{}", tenant.identifier);
+        let mut tx = handle.begin(tenant).await.unwrap();
+        sqlx::query("SELECT count(*) FROM table_2")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    // Purge goes to the tenant's server too.
+    for tenant in &tenants {
+        let mut admin = server_admin(&url_of(tenant)).await;
+        placed
+            .pools_for(tenant)
+            .unwrap()
+            .drop_tenant_database(&mut admin, &tenant.identifier)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        databases.on(&postgres_server_url()).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        databases.on(&second_server_url()).await,
+        Vec::<String>::new()
+    );
+}
