@@ -216,3 +216,21 @@ pub async fn postgres_databases_with_prefix(prefix: &str) -> Vec<String> {
         .await
         .expect("list databases")
 }
+
+/// The MariaDB databases whose names start with `prefix` (to check that a test's tenant
+/// databases were dropped).
+pub async fn mysql_databases_with_prefix(prefix: &str) -> Vec<String> {
+    let url = format!("{}/mysql", mysql_server_url());
+    let mut conn = sqlx::MySqlConnection::connect(&url)
+        .await
+        .expect("connect to MariaDB");
+    sqlx::query_scalar(
+        "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+         WHERE LEFT(schema_name, CHAR_LENGTH(?)) = ?",
+    )
+    .bind(prefix)
+    .bind(prefix)
+    .fetch_all(&mut conn)
+    .await
+    .expect("list databases")
+}

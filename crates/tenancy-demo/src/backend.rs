@@ -61,6 +61,12 @@ pub async fn start(
                 "../migrations/postgres-shared/0001_orders.sql"
             ))?),
         },
+        Some(Engine::Mysql) => DeploymentMigrations {
+            tenant: Some(migrations(include_str!(
+                "../migrations/mysql/0001_orders.sql"
+            ))?),
+            shared: None,
+        },
         _ => DeploymentMigrations {
             tenant: Some(migrations(include_str!(
                 "../migrations/sqlite/0001_orders.sql"
@@ -79,6 +85,7 @@ pub async fn start(
     let tenant_routes = match deployment.isolation() {
         Isolation::Sqlite(pools) => routes(isolation_extension(pools.clone())),
         Isolation::Postgres(handle) => routes(Arc::clone(handle)),
+        Isolation::Mysql(pools) => routes(isolation_extension(pools.clone())),
     };
     Ok(Backend {
         store: deployment.store(),

@@ -311,6 +311,31 @@ async fn redis_cache_and_rate_limits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_database_per_tenant() {
+    let db = TestDatabase::mysql("demo_maria").await;
+    // Tenant databases are named from this prefix, unique to the test.
+    let prefix = format!("{}_", db.name());
+    let server = DemoServer::start(&[
+        ("TENANCY_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "database".into()),
+        ("TENANCY_DATABASE_PREFIX", prefix.clone()),
+    ]);
+    check_contract(&server, None).await;
+    for tenant in ["acme", "globex"] {
+        let reply = server
+            .admin(
+                "DELETE",
+                &format!("/admin/tenants/{tenant}?purge=true"),
+                None,
+            )
+            .await;
+        assert!(matches!(reply.status, 200 | 204), "{}", reply.text);
+    }
+    let left = tenancy_tests::mysql_databases_with_prefix(&prefix).await;
+    assert!(left.is_empty(), "purge left databases behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_refuses_schema_isolation() {
     let db = TestDatabase::mysql("demo_maria").await;
     let url = format!("{}/{}", mysql_server_url(), db.name());

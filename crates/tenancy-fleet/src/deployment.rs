@@ -44,6 +44,12 @@ use crate::provision::{
 };
 use crate::sqlite::SqliteTarget;
 use crate::target::{ApplyFailure, MigrationTarget, TargetError};
+#[cfg(feature = "mysql")]
+use crate::{mysql::MySqlDatabaseTarget, provision::MySqlDatabaseProvisioner};
+#[cfg(feature = "mysql")]
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+#[cfg(feature = "mysql")]
+use tenancy_sql::mysql::{MySqlDatabaseLocator, MySqlStore, MySqlTenantPools};
 
 /// Why a deployment could not be set up. Each message names the variable to fix.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +130,9 @@ pub enum Isolation {
     Sqlite(SqliteTenantPools),
     /// PostgreSQL: schema, RLS, database per tenant or hybrid.
     Postgres(Arc<dyn TenantIsolation<Database = Postgres>>),
+    /// A MariaDB/MySQL database per tenant.
+    #[cfg(feature = "mysql")]
+    Mysql(MySqlTenantPools),
 }
 
 /// The PostgreSQL isolation handle, whichever the mode.
@@ -134,6 +143,8 @@ impl std::fmt::Debug for Isolation {
         match self {
             Self::Sqlite(pools) => f.debug_tuple("Sqlite").field(pools).finish(),
             Self::Postgres(_) => f.debug_tuple("Postgres").finish_non_exhaustive(),
+            #[cfg(feature = "mysql")]
+            Self::Mysql(pools) => f.debug_tuple("Mysql").field(pools).finish(),
         }
     }
 }
@@ -153,6 +164,11 @@ struct PgParts {
 enum Parts {
     Sqlite(SqliteTenantPools),
     Postgres(Box<PgParts>),
+    #[cfg(feature = "mysql")]
+    Mysql {
+        admin: MySqlPool,
+        pools: MySqlTenantPools,
+    },
 }
 
 /// A running deployment: registry, isolation, provisioner and migration target, all from one
@@ -200,7 +216,9 @@ impl Deployment {
     /// `config.sqlite_data_dir` when it is `None` (`registry.db` and `tenants/`). With a
     /// PostgreSQL URL the registry lives on the admin URL, requests use a runtime pool on
     /// `TENANCY_DATABASE_URL`, and RLS is prepared and audited when `migrations.shared` is
-    /// given (see [`DeploymentMigrations`]). A SQLite or MariaDB/MySQL URL is refused.
+    /// given (see [`DeploymentMigrations`]). A MariaDB/MySQL URL (feature `mysql`) keeps the
+    /// registry on the admin URL and a database per tenant on the runtime URL's server. A SQLite
+    /// URL is refused.
     pub async fn connect(
         config: &TenancyConfig,
         migrations: DeploymentMigrations,
@@ -216,9 +234,11 @@ impl Deployment {
                 "SQLite tenants are files under TENANCY_SQLITE_DATA_DIR with the registry beside \
                  them; unset TENANCY_DATABASE_URL",
             )),
+            #[cfg(feature = "mysql")]
+            Some(Backend::Mysql) => mysql(config, migrations).await,
+            #[cfg(not(feature = "mysql"))]
             Some(Backend::Mysql) => Err(DeploymentError::UnsupportedDatabase(
-                "MariaDB/MySQL database-per-tenant deployments are not available yet; use \
-                 PostgreSQL or unset TENANCY_DATABASE_URL for SQLite",
+                "this build has no MariaDB/MySQL support (feature `mysql` of tenancy-fleet)",
             )),
         }
     }
@@ -242,7 +262,7 @@ impl Deployment {
     pub fn admin_pool(&self) -> Option<&PgPool> {
         match &self.parts {
             Parts::Postgres(pg) => Some(&pg.admin),
-            Parts::Sqlite(_) => None,
+            _ => None,
         }
     }
 
@@ -276,6 +296,16 @@ impl Deployment {
                 target.database = migrations.tenant.map(|tenant| {
                     Arc::new(SqliteTarget::with_pools(pools.clone(), tenant))
                         as Arc<dyn MigrationTarget>
+                });
+            }
+            #[cfg(feature = "mysql")]
+            Parts::Mysql { admin, pools } => {
+                target.database = migrations.tenant.map(|tenant| {
+                    Arc::new(MySqlDatabaseTarget::new(
+                        pools.clone(),
+                        admin.clone(),
+                        tenant,
+                    )) as Arc<dyn MigrationTarget>
                 });
             }
             Parts::Postgres(pg) => {
@@ -361,6 +391,53 @@ async fn sqlite(
         isolation: Isolation::Sqlite(pools.clone()),
         parts: Parts::Sqlite(pools),
         description: "SQLite, a database file per tenant",
+    })
+}
+
+/// MariaDB/MySQL: the registry on the admin URL's database, a database per tenant on the
+/// runtime URL's server.
+#[cfg(feature = "mysql")]
+async fn mysql(
+    config: &TenancyConfig,
+    migrations: DeploymentMigrations,
+) -> Result<Deployment, DeploymentError> {
+    let runtime_url = url(config.database_url.as_ref());
+    let admin_url = url(config.admin_url());
+    let admin = MySqlPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(config.acquire_timeout())
+        .connect(&admin_url)
+        .await
+        .map_err(setup(
+            "connecting the admin role",
+            "TENANCY_ADMIN_DATABASE_URL",
+        ))?;
+    let store = MySqlStore::new(admin.clone());
+    store.migrate().await.map_err(setup(
+        "migrating the MariaDB/MySQL registry",
+        "TENANCY_ADMIN_DATABASE_URL",
+    ))?;
+    let locator = MySqlDatabaseLocator::from_url(&runtime_url, &config.database_prefix)
+        .map_err(setup("tenant database names", "TENANCY_DATABASE_PREFIX"))?;
+    let pools = MySqlTenantPools::new(locator, TenantPoolSettings::from_config(config));
+    let provisioner: Arc<dyn Provisioner> = match migrations.tenant {
+        Some(tenant) => Arc::new(MySqlDatabaseProvisioner::new(MySqlDatabaseTarget::new(
+            pools.clone(),
+            admin.clone(),
+            tenant,
+        ))),
+        None => Arc::new(WithoutMigrations(Purge::MySqlDatabase {
+            admin: admin.clone(),
+            pools: pools.clone(),
+        })),
+    };
+    Ok(Deployment {
+        config: config.clone(),
+        store: Arc::new(store),
+        provisioner,
+        isolation: Isolation::Mysql(pools.clone()),
+        parts: Parts::Mysql { admin, pools },
+        description: "MariaDB/MySQL, a database per tenant",
     })
 }
 
@@ -638,6 +715,11 @@ enum Purge {
         admin: PgPool,
         pools: PgTenantPools,
     },
+    #[cfg(feature = "mysql")]
+    MySqlDatabase {
+        admin: MySqlPool,
+        pools: MySqlTenantPools,
+    },
 }
 
 /// Stands in for a mode's provisioner when no tenant migrations were given: creating a tenant
@@ -664,6 +746,13 @@ impl Provisioner for WithoutMigrations {
                     .await?;
             }
             Purge::PgDatabase { admin, pools } => {
+                let mut conn = admin.acquire().await?;
+                pools
+                    .drop_tenant_database(&mut conn, &tenant.identifier)
+                    .await?;
+            }
+            #[cfg(feature = "mysql")]
+            Purge::MySqlDatabase { admin, pools } => {
                 let mut conn = admin.acquire().await?;
                 pools
                     .drop_tenant_database(&mut conn, &tenant.identifier)
