@@ -216,12 +216,14 @@ async fn postgres_row_level_security_with_a_runtime_role() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_database_per_tenant() {
+async fn postgres_database_per_tenant_with_a_runtime_role() {
+    let role = TestRole::create("demo_dbrt").await;
     let db = TestDatabase::postgres("demo_dbpt").await;
     // Tenant databases are named from this prefix, unique to the test, and dropped with it.
     let prefix = format!("{}_", db.name());
     let server = DemoServer::start(&[
-        ("TENANCY_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_DATABASE_URL", role.url(db.name())),
+        ("TENANCY_ADMIN_DATABASE_URL", db.url().to_owned()),
         ("TENANCY_ISOLATION_STRATEGY", "database".into()),
         ("TENANCY_DATABASE_PREFIX", prefix.clone()),
     ]);

@@ -12,14 +12,14 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgDatabaseError;
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
 use tenancy_core::identifier::check_prefix;
 use tenancy_core::{DerivedName, DerivedNameError, NameTarget, Tenant, TenantIdentifier};
-use tenancy_sql::database_per_tenant::DatabaseLocator;
 use tenancy_sql::postgres::PgTenantPools;
 
 use crate::migrations::{LEDGER_TABLE, LedgerEntry, TenantMigrations};
+use crate::provision::schema_grants;
 use crate::target::{ApplyFailure, MigrationTarget, TargetError};
 
 /// The schema prefix used unless configured otherwise (as in `tenancy_sql::postgres`).
@@ -161,8 +161,10 @@ impl PgSharedMigrations {
 
 /// Migrates a PostgreSQL database per tenant (named by `pools`' locator), with sqlx's ledger
 /// inside each database. A missing database is created through the admin pool; each tenant
-/// migrates on a connection of its own, closed afterwards, holding an advisory lock keyed by
-/// the database name, so two runs over the same tenant apply each migration once.
+/// migrates as the admin role on a connection of its own, closed afterwards, holding an
+/// advisory lock keyed by the database name, so two runs over the same tenant apply each
+/// migration once. When requests connect as another role (`pools`' server user), that role is
+/// granted DML on the `public` schema's tables and sequences of each tenant database.
 #[derive(Debug, Clone)]
 pub struct PgDatabaseTarget {
     admin: PgPool,
@@ -180,6 +182,30 @@ impl PgDatabaseTarget {
             migrations,
         }
     }
+
+    /// The admin pool databases are created through.
+    pub fn admin(&self) -> &PgPool {
+        &self.admin
+    }
+
+    /// The pools whose locator names the tenant databases.
+    pub fn pools(&self) -> &PgTenantPools {
+        &self.pools
+    }
+
+    /// Connect options reaching `tenant`'s database as the admin role.
+    fn admin_options(&self, tenant: &Tenant) -> Result<PgConnectOptions, TargetError> {
+        let name = self.pools.locator().database_name(&tenant.identifier)?;
+        Ok((*self.admin.connect_options())
+            .clone()
+            .database(name.as_str()))
+    }
+
+    /// The role requests use, when it is not the admin role.
+    fn separate_runtime_role(&self) -> Option<&str> {
+        let runtime = self.pools.locator().runtime_role();
+        (runtime != self.admin.connect_options().get_username()).then_some(runtime)
+    }
 }
 
 /// SQLSTATE of "database does not exist".
@@ -188,11 +214,7 @@ const INVALID_CATALOG_NAME: &str = "3D000";
 #[async_trait]
 impl MigrationTarget for PgDatabaseTarget {
     async fn pending(&self, tenant: &Tenant) -> Result<Vec<i64>, TargetError> {
-        let options = self
-            .pools
-            .locator()
-            .connect_options(&tenant.identifier)
-            .await?;
+        let options = self.admin_options(tenant)?;
         let mut conn = match PgConnection::connect_with(&options).await {
             Ok(conn) => conn,
             Err(error)
@@ -217,11 +239,7 @@ impl MigrationTarget for PgDatabaseTarget {
                 .create_tenant_database(&mut admin, &tenant.identifier, None)
                 .await?;
         }
-        let options = self
-            .pools
-            .locator()
-            .connect_options(&tenant.identifier)
-            .await?;
+        let options = self.admin_options(tenant)?;
         // A connection of its own: closing it (or dropping it half-way) releases the lock.
         let mut conn = PgConnection::connect_with(&options).await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
@@ -251,6 +269,13 @@ impl MigrationTarget for PgDatabaseTarget {
                 }
             }
         };
+        if outcome.is_ok()
+            && let Some(role) = self.separate_runtime_role()
+        {
+            sqlx::raw_sql(AssertSqlSafe(schema_grants("public", role)))
+                .execute(&mut conn)
+                .await?;
+        }
         conn.close().await?;
         outcome
     }

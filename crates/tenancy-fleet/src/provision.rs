@@ -38,7 +38,7 @@ async fn migrate_tenant(target: &dyn MigrationTarget, tenant: &Tenant) -> Result
 
 /// `GRANT`s giving `role` the DML it needs on everything in `schema` (both already validated or
 /// derived names; both quoted here).
-fn schema_grants(schema: &str, role: &str) -> String {
+pub(crate) fn schema_grants(schema: &str, role: &str) -> String {
     let (schema, role) = (quote_postgres_ident(schema), quote_postgres_ident(role));
     format!(
         "GRANT USAGE ON SCHEMA {schema} TO {role}; \
@@ -54,7 +54,7 @@ mod postgres {
 
     use super::*;
     use crate::TenantMigrations;
-    use crate::postgres::PgSchemaTarget;
+    use crate::postgres::{PgDatabaseTarget, PgSchemaTarget};
 
     /// Schema per tenant: the tenant migrations create the schema and its tables.
     #[derive(Debug, Clone)]
@@ -135,12 +135,11 @@ mod postgres {
         }
     }
 
-    /// A PostgreSQL database per tenant, created on `admin` and migrated.
+    /// A PostgreSQL database per tenant: created and migrated as the admin role by a
+    /// [`PgDatabaseTarget`] (which grants a separate runtime role its DML), dropped on purge.
     #[derive(Debug, Clone)]
     pub struct PgDatabaseProvisioner {
-        pools: PgTenantPools,
-        admin: PgPool,
-        migrations: TenantMigrations,
+        target: PgDatabaseTarget,
     }
 
     impl PgDatabaseProvisioner {
@@ -148,9 +147,7 @@ mod postgres {
         /// `CREATE DATABASE`), then applies `migrations` in each.
         pub fn new(pools: PgTenantPools, admin: PgPool, migrations: TenantMigrations) -> Self {
             Self {
-                pools,
-                admin,
-                migrations,
+                target: PgDatabaseTarget::new(admin, pools, migrations),
             }
         }
     }
@@ -158,20 +155,13 @@ mod postgres {
     #[async_trait]
     impl Provisioner for PgDatabaseProvisioner {
         async fn provision(&self, tenant: &Tenant) -> Result<(), BoxError> {
-            let mut admin = self.admin.acquire().await?;
-            self.pools
-                .create_tenant_database(
-                    &mut admin,
-                    &tenant.identifier,
-                    Some(self.migrations.migrator()),
-                )
-                .await?;
-            Ok(())
+            migrate_tenant(&self.target, tenant).await
         }
 
         async fn purge(&self, tenant: &Tenant) -> Result<(), BoxError> {
-            let mut admin = self.admin.acquire().await?;
-            self.pools
+            let mut admin = self.target.admin().acquire().await?;
+            self.target
+                .pools()
                 .drop_tenant_database(&mut admin, &tenant.identifier)
                 .await?;
             Ok(())

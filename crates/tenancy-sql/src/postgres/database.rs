@@ -51,6 +51,11 @@ impl PgDatabaseLocator {
         Self::new(url.parse()?, prefix)
     }
 
+    /// The role requests connect as (the server URL's user).
+    pub fn runtime_role(&self) -> &str {
+        self.server.get_username()
+    }
+
     /// The name of `tenant`'s database (which may not exist).
     pub fn database_name(&self, tenant: &TenantIdentifier) -> Result<DerivedName, IsolationError> {
         Ok(DerivedName::new(
