@@ -204,6 +204,15 @@ fn normalize_host(raw: &str) -> Result<Cow<'_, str>, &'static str> {
     {
         return Err("host contains characters not allowed in a domain name");
     }
+    if host.split('.').any(str::is_empty) {
+        return Err("host has an empty label");
+    }
+    if host
+        .split('.')
+        .any(|label| label.starts_with('-') || label.ends_with('-'))
+    {
+        return Err("host has a label starting or ending with '-'");
+    }
     if host.parse::<Ipv4Addr>().is_ok() || host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return Err("host is an IP address");
     }
@@ -217,6 +226,19 @@ fn normalize_host(raw: &str) -> Result<Cow<'_, str>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_malformed_labels() {
+        for bad in [
+            "shop.acme.com..",
+            "acme..example.test",
+            ".acme.example.test",
+            "-acme.example.test",
+            "acme-.example.test",
+        ] {
+            assert!(normalize_host(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn normalizes_hosts() {
