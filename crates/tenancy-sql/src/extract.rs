@@ -42,7 +42,7 @@ use crate::tx::TenantTx;
 /// |-----------|--------|
 /// | no `Arc<Tenant>` in the request | 500 |
 /// | no isolation handle in the request | 500 |
-/// | no connection to be had ([`IsolationError::is_unavailable`]) | 503, `Retry-After: 1` |
+/// | no connection to be had, or the tenant at its concurrency limit ([`IsolationError::is_unavailable`]) | 503, `Retry-After: 1` |
 /// | the tenant has no database (being provisioned or purged) | 503 |
 /// | anything else | 500, details only logged |
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +159,10 @@ mod tests {
             waited: std::time::Duration::from_secs(1),
         });
         assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            unavailable.into_response().headers()[header::RETRY_AFTER],
+            "1"
+        );
         let missing = TenantTxRejection::from(IsolationError::NotProvisioned {
             identifier: TenantIdentifier::parse("acme").unwrap(),
         });
@@ -179,7 +183,13 @@ mod tests {
         use crate::postgres::{PgIsolation, PgIsolationOptions};
 
         fn isolation(url: &str) -> Arc<dyn TenantIsolation<Database = Postgres>> {
-            let options = PgIsolationOptions::new();
+            isolation_with(url, PgIsolationOptions::new())
+        }
+
+        fn isolation_with(
+            url: &str,
+            options: PgIsolationOptions,
+        ) -> Arc<dyn TenantIsolation<Database = Postgres>> {
             let pool = options
                 .pool_options(
                     PgPoolOptions::new()
@@ -190,6 +200,12 @@ mod tests {
                 .connect_lazy(url)
                 .unwrap();
             isolation_extension(PgIsolation::from_pool(pool, options).unwrap())
+        }
+
+        fn server_url() -> String {
+            let url = std::env::var("TENANCY_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+            format!("{url}/postgres")
         }
 
         #[tokio::test]
@@ -232,14 +248,39 @@ mod tests {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn hands_the_handler_a_transaction_scoped_to_the_request_tenant() {
-            let url = std::env::var("TENANCY_TEST_POSTGRES_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        async fn a_tenant_at_its_concurrency_limit_is_a_503_with_retry_after() {
+            let isolation = isolation_with(
+                &server_url(),
+                PgIsolationOptions::new()
+                    .tenant_concurrency_limit(1)
+                    .tenant_concurrency_wait(std::time::Duration::from_millis(20)),
+            );
+            let held = isolation.begin(&tenant("acme")).await.unwrap();
             let mut parts = parts();
             parts.extensions.insert(tenant("acme"));
-            parts
-                .extensions
-                .insert(isolation(&format!("{url}/postgres")));
+            parts.extensions.insert(Arc::clone(&isolation));
+            let rejection = TenantTx::<Postgres>::from_request_parts(&mut parts, &())
+                .await
+                .unwrap_err();
+            assert!(matches!(
+                rejection,
+                TenantTxRejection::Unavailable(IsolationError::TenantBusy { .. })
+            ));
+            let response = rejection.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+            drop(held);
+            let tx = TenantTx::<Postgres>::from_request_parts(&mut parts, &())
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn hands_the_handler_a_transaction_scoped_to_the_request_tenant() {
+            let mut parts = parts();
+            parts.extensions.insert(tenant("acme"));
+            parts.extensions.insert(isolation(&server_url()));
             let mut tx = TenantTx::<Postgres>::from_request_parts(&mut parts, &())
                 .await
                 .unwrap();

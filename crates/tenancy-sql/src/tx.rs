@@ -13,6 +13,8 @@ use sqlx_core::transaction::TransactionManager;
 use tenancy_core::{IsolationMode, TenantIdentifier};
 
 use crate::database_per_tenant::ConnectionPermits;
+#[cfg(feature = "postgres")]
+use crate::isolation::TenantSlot;
 use crate::isolation_error::{IsolationError, connection_error};
 
 /// A pooled connection on loan to one tenant: a connection to the tenant's own database
@@ -25,6 +27,10 @@ pub struct TenantConnection<DB: Database> {
     conn: PoolConnection<DB>,
     tenant: TenantIdentifier,
     permits: Option<ConnectionPermits>,
+    /// The tenant's concurrency slot on a shared pool; declared after `conn`, so it is given
+    /// back once the connection is on its way back to the pool.
+    #[cfg(feature = "postgres")]
+    slot: Option<TenantSlot>,
 }
 
 impl<DB: Database> TenantConnection<DB> {
@@ -37,7 +43,16 @@ impl<DB: Database> TenantConnection<DB> {
             conn,
             tenant,
             permits,
+            #[cfg(feature = "postgres")]
+            slot: None,
         }
+    }
+
+    /// Holds `slot` (a tenant's concurrency slot) until the connection is dropped.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn holding(mut self, slot: Option<TenantSlot>) -> Self {
+        self.slot = slot;
+        self
     }
 
     /// The tenant the connection is on loan to.
@@ -110,10 +125,14 @@ enum TxState {
 ///
 /// # Scope
 /// The begin statement carries the scope. PostgreSQL schema and RLS isolation send
-/// `BEGIN; SET LOCAL search_path TO ..; SET LOCAL <setting> TO '<tenant>'` as one simple-query
-/// message, all transaction-local so `COMMIT`/`ROLLBACK` restores the session. Database-per-
-/// tenant sends `BEGIN` (or e.g. SQLite's `BEGIN IMMEDIATE`) on a connection to the tenant's
-/// own database.
+/// `BEGIN; SET LOCAL search_path TO ..; SET LOCAL <setting> TO '<tenant>'` (plus
+/// `; SET LOCAL statement_timeout TO <ms>` when a statement timeout is configured) as one
+/// simple-query message, all transaction-local so `COMMIT`/`ROLLBACK` restores the session.
+/// Database-per-tenant sends `BEGIN` (or e.g. SQLite's `BEGIN IMMEDIATE`) on a connection to
+/// the tenant's own database.
+///
+/// A transaction on a shared pool with a per-tenant concurrency limit holds one of its
+/// tenant's slots until it is dropped (after commit or rollback, when it is dropped).
 ///
 /// # Leak-proofing
 /// The connection never returns to the pool inside the transaction: a drop while the

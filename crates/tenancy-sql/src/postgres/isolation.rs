@@ -1,20 +1,23 @@
 //! The shared-database isolation handle: which tenant scope a transaction gets (schema or RLS,
-//! per tenant), the runtime pool's options, the provisioning primitives of schema and RLS
+//! per tenant, with an optional statement timeout), the per-tenant concurrency limit on the
+//! shared pool, the runtime pool's options, the provisioning primitives of schema and RLS
 //! tenants, and the classification of the stale-plan error schema drift causes.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row, SqlSafeStr};
 use tenancy_core::identifier::check_prefix;
 use tenancy_core::{
-    DerivedName, IsolationMode, NameTarget, Tenant, TenantIdentifier, quote_postgres_ident,
+    DerivedName, IsolationMode, NameTarget, TenancyConfig, Tenant, TenantIdentifier,
+    quote_postgres_ident,
 };
 
 use super::PgTenantTx;
-use crate::isolation::TenantIsolation;
+use crate::isolation::{TenantConcurrencyLimit, TenantIsolation};
 use crate::isolation_error::{IsolationError, connection_error};
 use crate::tx::{TenantConnection, TenantTx};
 
@@ -38,6 +41,9 @@ pub const DEFAULT_SCHEMA_PREFIX: &str = "tenant_";
 pub const DEFAULT_TENANT_SETTING: &str = "app.tenant_id";
 /// The default name of the tenant column of shared (RLS) tables.
 pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
+/// How long `begin` waits by default for a slot of a tenant at its concurrency limit
+/// ([`PgIsolationOptions::tenant_concurrency_wait`]).
+pub const DEFAULT_TENANT_CONCURRENCY_WAIT: Duration = Duration::from_millis(100);
 
 /// The name of the custom PostgreSQL setting that carries the tenant identifier
 /// (`app.tenant_id` by default): `[a-z_]+\.[a-z_]+`, at most 63 bytes.
@@ -130,12 +136,15 @@ type ModeSelector = Arc<dyn Fn(&Tenant) -> IsolationMode + Send + Sync>;
 /// setters; names are checked when the handle is built.
 ///
 /// ```
+/// use std::time::Duration;
 /// use tenancy_core::IsolationMode;
 /// use tenancy_sql::postgres::PgIsolationOptions;
 /// let options = PgIsolationOptions::new()
 ///     .schema_prefix("t_")
 ///     .shared_schema("shared")
-///     .select_mode(|tenant| tenant.isolation.unwrap_or(IsolationMode::Rls));
+///     .select_mode(|tenant| tenant.isolation.unwrap_or(IsolationMode::Rls))
+///     .statement_timeout(Duration::from_secs(5))
+///     .tenant_concurrency_limit(4);
 /// # let _ = options;
 /// ```
 #[derive(Clone)]
@@ -146,6 +155,9 @@ pub struct PgIsolationOptions {
     setting: String,
     tenant_column: String,
     select: ModeSelector,
+    statement_timeout: Option<Duration>,
+    tenant_concurrency_limit: Option<u32>,
+    tenant_concurrency_wait: Duration,
 }
 
 impl fmt::Debug for PgIsolationOptions {
@@ -156,6 +168,9 @@ impl fmt::Debug for PgIsolationOptions {
             .field("rls_search_path", &self.rls_search_path)
             .field("setting", &self.setting)
             .field("tenant_column", &self.tenant_column)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("tenant_concurrency_limit", &self.tenant_concurrency_limit)
+            .field("tenant_concurrency_wait", &self.tenant_concurrency_wait)
             .finish_non_exhaustive()
     }
 }
@@ -168,7 +183,8 @@ impl Default for PgIsolationOptions {
 
 impl PgIsolationOptions {
     /// Schema isolation for every tenant, prefix `tenant_`, no shared schema; RLS setting
-    /// `app.tenant_id`, tenant column `tenant_id`, RLS search path `public`.
+    /// `app.tenant_id`, tenant column `tenant_id`, RLS search path `public`; no statement
+    /// timeout and no per-tenant concurrency limit.
     pub fn new() -> Self {
         Self {
             schema_prefix: DEFAULT_SCHEMA_PREFIX.to_owned(),
@@ -177,7 +193,54 @@ impl PgIsolationOptions {
             setting: DEFAULT_TENANT_SETTING.to_owned(),
             tenant_column: DEFAULT_TENANT_COLUMN.to_owned(),
             select: Arc::new(|_| IsolationMode::Schema),
+            statement_timeout: None,
+            tenant_concurrency_limit: None,
+            tenant_concurrency_wait: DEFAULT_TENANT_CONCURRENCY_WAIT,
         }
+    }
+
+    /// The options `config` asks for: `schema_prefix`, `shared_schema`, `rls_setting`,
+    /// `rls_tenant_column`, `statement_timeout_ms`, `tenant_concurrency_limit`, and the mode
+    /// per tenant by [`TenancyConfig::isolation_for`] (a tenant it sends to `database` is
+    /// refused with [`IsolationError::UnsupportedMode`]; serve those with a
+    /// [`HybridIsolation`](crate::HybridIsolation)). Size the runtime pool from the same config:
+    ///
+    /// ```
+    /// use sqlx::postgres::PgPoolOptions;
+    /// use tenancy_core::TenancyConfig;
+    /// use tenancy_sql::postgres::PgIsolationOptions;
+    ///
+    /// let config = TenancyConfig::builder()
+    ///     .statement_timeout_ms(2_000)
+    ///     .tenant_concurrency_limit(4)
+    ///     .build()
+    ///     .unwrap();
+    /// let options = PgIsolationOptions::from_config(&config);
+    /// let pool_options = options
+    ///     .pool_options(
+    ///         PgPoolOptions::new()
+    ///             .max_connections(config.pool_max_connections)
+    ///             .acquire_timeout(config.acquire_timeout()),
+    ///     )
+    ///     .unwrap();
+    /// # let _ = pool_options;
+    /// ```
+    pub fn from_config(config: &TenancyConfig) -> Self {
+        let mut options = Self::new()
+            .schema_prefix(config.schema_prefix.clone())
+            .setting(config.rls_setting.clone())
+            .tenant_column(config.rls_tenant_column.clone());
+        if let Some(shared) = &config.shared_schema {
+            options = options.shared_schema(shared.clone());
+        }
+        if let Some(timeout) = config.statement_timeout() {
+            options = options.statement_timeout(timeout);
+        }
+        if let Some(limit) = config.tenant_concurrency_limit {
+            options = options.tenant_concurrency_limit(limit);
+        }
+        let config = config.clone();
+        options.select_mode(move |tenant| config.isolation_for(tenant))
     }
 
     /// Prefix of tenant schema names (`[a-z_][a-z0-9_]*`, at most 32 bytes).
@@ -231,6 +294,33 @@ impl PgIsolationOptions {
         select: impl Fn(&Tenant) -> IsolationMode + Send + Sync + 'static,
     ) -> Self {
         self.select = Arc::new(select);
+        self
+    }
+
+    /// Statements of tenant transactions running longer than `timeout` are cancelled by the
+    /// server (SQLSTATE `57014`, `query_canceled`). Set as `SET LOCAL statement_timeout` in
+    /// the same message as `BEGIN` (no extra round trip), so it ends with the transaction.
+    /// Rounded up to whole milliseconds, at least 1 ms.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = Some(timeout);
+        self
+    }
+
+    /// At most `limit` concurrent transactions per tenant on the shared pool (noisy-neighbour
+    /// protection; keep it below the pool size so other tenants always find a connection). A
+    /// tenant's transaction holds a slot from `begin` until it ends; `begin` finding its tenant
+    /// at the limit waits at most [`tenant_concurrency_wait`](Self::tenant_concurrency_wait),
+    /// then fails with [`IsolationError::TenantBusy`] (transient: HTTP 503 with
+    /// `Retry-After`). A limit of 0 counts as 1.
+    pub fn tenant_concurrency_limit(mut self, limit: u32) -> Self {
+        self.tenant_concurrency_limit = Some(limit);
+        self
+    }
+
+    /// How long `begin` waits for a slot of a tenant at its concurrency limit;
+    /// [`DEFAULT_TENANT_CONCURRENCY_WAIT`] by default.
+    pub fn tenant_concurrency_wait(mut self, wait: Duration) -> Self {
+        self.tenant_concurrency_wait = wait;
         self
     }
 
@@ -292,6 +382,14 @@ impl PgIsolationOptions {
             rls_search_path
         };
         quote_simple_name("tenant column", &self.tenant_column)?;
+        let statement_timeout = self.statement_timeout.map(|timeout| {
+            // PostgreSQL takes at most i32::MAX milliseconds; 0 would mean no timeout.
+            let millis = timeout
+                .as_micros()
+                .div_ceil(1_000)
+                .clamp(1, i32::MAX as u128);
+            format!("; SET LOCAL statement_timeout TO {millis}")
+        });
         Ok(Scoping {
             schema_prefix: self.schema_prefix,
             shared_schema,
@@ -299,6 +397,16 @@ impl PgIsolationOptions {
             setting,
             tenant_column: self.tenant_column,
             select: self.select,
+            statement_timeout: statement_timeout.unwrap_or_default(),
+        })
+    }
+
+    fn concurrency_limit(&self) -> Option<Arc<TenantConcurrencyLimit>> {
+        self.tenant_concurrency_limit.map(|limit| {
+            Arc::new(TenantConcurrencyLimit::new(
+                limit,
+                self.tenant_concurrency_wait,
+            ))
         })
     }
 }
@@ -311,12 +419,15 @@ pub(crate) struct Scoping {
     setting: TenantSetting,
     tenant_column: String,
     select: ModeSelector,
+    /// `; SET LOCAL statement_timeout TO <ms>`, or empty.
+    statement_timeout: String,
 }
 
 impl Scoping {
     /// The one simple-query message opening a tenant's transaction: `BEGIN`, then the
-    /// transaction-local search path and tenant setting. Both are set in both modes so that
-    /// whatever a previous borrower left on the session is overridden.
+    /// transaction-local search path and tenant setting (and statement timeout, if any). Both
+    /// are set in both modes so that whatever a previous borrower left on the session is
+    /// overridden.
     pub(crate) fn begin_sql(
         &self,
         tenant: &TenantIdentifier,
@@ -336,9 +447,10 @@ impl Scoping {
             other => return Err(IsolationError::UnsupportedMode(other)),
         };
         Ok(format!(
-            "BEGIN; SET LOCAL search_path TO {search_path}; SET LOCAL {} TO {}",
+            "BEGIN; SET LOCAL search_path TO {search_path}; SET LOCAL {} TO {}{}",
             self.setting,
-            quote_literal(tenant.as_str())
+            quote_literal(tenant.as_str()),
+            self.statement_timeout
         ))
     }
 }
@@ -368,6 +480,7 @@ impl Scoping {
 pub struct PgIsolation {
     pool: PgPool,
     scoping: Arc<Scoping>,
+    concurrency: Option<Arc<TenantConcurrencyLimit>>,
 }
 
 impl fmt::Debug for PgIsolation {
@@ -376,6 +489,7 @@ impl fmt::Debug for PgIsolation {
             .field("pool", &self.pool)
             .field("schema_prefix", &self.scoping.schema_prefix)
             .field("setting", &self.scoping.setting)
+            .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -399,9 +513,11 @@ impl PgIsolation {
     /// on the session for plain (non-tenant) use of the pool; without
     /// `test_before_acquire(false)` every checkout costs a ping round trip.
     pub fn from_pool(pool: PgPool, options: PgIsolationOptions) -> Result<Self, IsolationError> {
+        let concurrency = options.concurrency_limit();
         Ok(Self {
             pool,
             scoping: Arc::new(options.build()?),
+            concurrency,
         })
     }
 
@@ -430,7 +546,10 @@ impl PgIsolation {
     }
 
     /// Opens a transaction scoped to `tenant` in the mode chosen for it. One round trip after
-    /// the checkout (`BEGIN` and the scope in one message); see [`TenantTx`].
+    /// the checkout (`BEGIN` and the scope in one message); see [`TenantTx`]. With a
+    /// [per-tenant concurrency limit](PgIsolationOptions::tenant_concurrency_limit), the
+    /// tenant's slot is taken before the checkout, so a tenant at its limit waits without
+    /// holding a connection (and fails with [`IsolationError::TenantBusy`] after the wait).
     pub async fn begin(&self, tenant: &Tenant) -> Result<PgTenantTx, IsolationError> {
         self.begin_in(&tenant.identifier, self.mode_for(tenant))
             .await
@@ -443,8 +562,12 @@ impl PgIsolation {
         mode: IsolationMode,
     ) -> Result<PgTenantTx, IsolationError> {
         let begin_sql = AssertSqlSafe(self.scoping.begin_sql(tenant, mode)?).into_sql_str();
+        let slot = match &self.concurrency {
+            Some(limit) => Some(limit.acquire(tenant).await?),
+            None => None,
+        };
         let conn = self.pool.acquire().await.map_err(connection_error)?;
-        let conn = TenantConnection::new(conn, tenant.clone(), None);
+        let conn = TenantConnection::new(conn, tenant.clone(), None).holding(slot);
         TenantTx::begin(conn, mode, Some(begin_sql)).await
     }
 
@@ -562,5 +685,211 @@ impl TenantIsolation for PgIsolation {
         mode: IsolationMode,
     ) -> BoxFuture<'a, Result<PgTenantTx, IsolationError>> {
         Box::pin(self.begin_in(&tenant.identifier, mode))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn server_url() -> String {
+        let base = std::env::var("TENANCY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        format!("{base}/postgres")
+    }
+
+    fn tenant(id: &str) -> Tenant {
+        tenancy_core::NewTenant::new(TenantIdentifier::parse(id).unwrap(), id).into_tenant()
+    }
+
+    async fn isolation(max_connections: u32, options: PgIsolationOptions) -> PgIsolation {
+        let pool = options
+            .pool_options(
+                PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(10)),
+            )
+            .unwrap()
+            .connect(&server_url())
+            .await
+            .unwrap();
+        PgIsolation::from_pool(pool, options).unwrap()
+    }
+
+    #[test]
+    fn the_statement_timeout_rides_in_the_begin_message() {
+        let acme = TenantIdentifier::parse("acme").unwrap();
+        let begin = |options: PgIsolationOptions| {
+            options
+                .build()
+                .unwrap()
+                .begin_sql(&acme, IsolationMode::Schema)
+                .unwrap()
+        };
+        assert_eq!(
+            begin(PgIsolationOptions::new()),
+            r#"BEGIN; SET LOCAL search_path TO "tenant_acme"; SET LOCAL app.tenant_id TO 'acme'"#
+        );
+        assert_eq!(
+            begin(PgIsolationOptions::new().statement_timeout(Duration::from_millis(1500))),
+            concat!(
+                r#"BEGIN; SET LOCAL search_path TO "tenant_acme"; SET LOCAL app.tenant_id TO 'acme'; "#,
+                "SET LOCAL statement_timeout TO 1500"
+            )
+        );
+        // Rounded up, never 0 (which would mean no timeout), at most i32::MAX.
+        for (timeout, millis) in [
+            (Duration::from_micros(1_200), "2"),
+            (Duration::ZERO, "1"),
+            (Duration::from_secs(u64::MAX), "2147483647"),
+        ] {
+            let sql = begin(PgIsolationOptions::new().statement_timeout(timeout));
+            assert!(
+                sql.ends_with(&format!("; SET LOCAL statement_timeout TO {millis}")),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn from_config_takes_names_timeout_limit_and_modes() {
+        let config = TenancyConfig::builder()
+            .schema_prefix("t_")
+            .rls_setting("app.tenant")
+            .statement_timeout_ms(250)
+            .tenant_concurrency_limit(3)
+            .isolation_strategy(IsolationMode::Hybrid)
+            .build()
+            .unwrap();
+        let options = PgIsolationOptions::from_config(&config);
+        assert_eq!(options.statement_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(options.tenant_concurrency_limit, Some(3));
+        let mut premium = tenant("acme");
+        premium.tier = "premium".to_owned();
+        assert_eq!((options.select)(&premium), IsolationMode::Schema);
+        assert_eq!((options.select)(&tenant("globex")), IsolationMode::Rls);
+        let scoping = options.build().unwrap();
+        assert_eq!(
+            scoping
+                .begin_sql(&premium.identifier, IsolationMode::Schema)
+                .unwrap(),
+            concat!(
+                r#"BEGIN; SET LOCAL search_path TO "t_acme"; SET LOCAL app.tenant TO 'acme'; "#,
+                "SET LOCAL statement_timeout TO 250"
+            )
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_statement_over_the_timeout_fails_with_57014_and_the_timeout_ends_with_it() {
+        let isolation = isolation(
+            1,
+            PgIsolationOptions::new().statement_timeout(Duration::from_millis(100)),
+        )
+        .await;
+        let acme = tenant("acme");
+
+        let mut tx = isolation.begin(&acme).await.unwrap();
+        let in_tx: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(in_tx, "100ms");
+        sqlx::query("SELECT pg_sleep(0.01)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let error = sqlx::query("SELECT pg_sleep(2)")
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            error.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("57014"),
+            "{error}"
+        );
+        tx.rollback().await.unwrap();
+
+        // Transaction-local: the pooled session is back at the server's default.
+        let outside: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(isolation.pool())
+            .await
+            .unwrap();
+        assert_eq!(outside, "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flooding_tenant_is_capped_and_other_tenants_keep_their_connections() {
+        let isolation = isolation(
+            4,
+            PgIsolationOptions::new()
+                .tenant_concurrency_limit(2)
+                .tenant_concurrency_wait(Duration::from_millis(100)),
+        )
+        .await;
+
+        // Tenant A starts 6 slow transactions at once.
+        let flood: Vec<_> = (0..6)
+            .map(|_| {
+                let isolation = isolation.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let mut tx = isolation.begin(&tenant("noisy")).await?;
+                    sqlx::query("SELECT pg_sleep(1)").execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok::<_, IsolationError>(started.elapsed())
+                })
+            })
+            .collect();
+
+        // Meanwhile tenant B's short transactions all find a connection at once.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let quiet = tenant("quiet");
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let started = Instant::now();
+            let mut tx = isolation.begin(&quiet).await.unwrap();
+            let one: i32 = sqlx::query_scalar("SELECT 1")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            assert_eq!(one, 1);
+            tx.commit().await.unwrap();
+            slowest = slowest.max(started.elapsed());
+        }
+        assert!(slowest < Duration::from_millis(300), "{slowest:?}");
+
+        let (mut ran, mut busy) = (0, 0);
+        for task in flood {
+            match task.await.unwrap() {
+                Ok(elapsed) => {
+                    assert!(elapsed >= Duration::from_secs(1));
+                    ran += 1;
+                }
+                Err(IsolationError::TenantBusy { waited, .. }) => {
+                    assert!(waited < Duration::from_millis(500), "{waited:?}");
+                    busy += 1;
+                }
+                Err(other) => panic!("unexpected error: {other}"),
+            }
+        }
+        assert_eq!((ran, busy), (2, 4));
+        assert!(
+            IsolationError::TenantBusy {
+                identifier: TenantIdentifier::parse("noisy").unwrap(),
+                waited: Duration::ZERO,
+            }
+            .is_unavailable()
+        );
+
+        // Slots are given back with the transactions.
+        let mut again = Vec::new();
+        for _ in 0..2 {
+            again.push(isolation.begin(&tenant("noisy")).await.unwrap());
+        }
     }
 }
