@@ -468,7 +468,7 @@ async fn postgres(
         .map_err(setup("migrating the PostgreSQL registry", admin_variable))?;
 
     let mode = config.effective_isolation();
-    let options = isolation_options(config, mode);
+    let options = PgIsolationOptions::from_config(config);
     let runtime_pool = options
         .pool_options(
             PgPoolOptions::new()
@@ -631,22 +631,6 @@ fn schema_target(
         Some(shared) => target.with_shared_schema(shared.clone()),
         None => target,
     })
-}
-
-fn isolation_options(config: &TenancyConfig, mode: IsolationMode) -> PgIsolationOptions {
-    let mut options = PgIsolationOptions::new()
-        .schema_prefix(config.schema_prefix.clone())
-        .setting(config.rls_setting.clone())
-        .tenant_column(config.rls_tenant_column.clone());
-    if let Some(shared) = &config.shared_schema {
-        options = options.shared_schema(shared.clone());
-    }
-    if mode == IsolationMode::Hybrid {
-        let config = config.clone();
-        options.select_mode(move |tenant| config.isolation_for(tenant))
-    } else {
-        options.mode(mode)
-    }
 }
 
 async fn current_role(pool: &PgPool, variable: &'static str) -> Result<String, DeploymentError> {
