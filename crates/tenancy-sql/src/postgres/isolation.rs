@@ -328,9 +328,10 @@ impl PgIsolationOptions {
     ///
     /// - `test_before_acquire(false)`: no ping round trip before each checkout; a broken
     ///   connection surfaces as an error of the first statement instead.
-    /// - an `after_release` hook that resets `search_path` and the tenant setting (undoing
-    ///   session-level `SET`s user code may have committed) and discards the connection if it is
-    ///   still inside a transaction, in one round trip, off the request path.
+    /// - an `after_release` hook that resets `search_path`, the tenant setting and
+    ///   `statement_timeout` (undoing session-level `SET`s user code may have committed) and
+    ///   discards the connection if it is still inside a transaction, in one round trip, off the
+    ///   request path.
     ///
     /// ```
     /// use sqlx::postgres::PgPoolOptions;
@@ -343,7 +344,7 @@ impl PgIsolationOptions {
     pub fn pool_options(&self, pool: PgPoolOptions) -> Result<PgPoolOptions, IsolationError> {
         let setting = TenantSetting::parse(&self.setting)?;
         let release_check: Arc<str> = Arc::from(format!(
-            "RESET search_path; RESET {setting}; \
+            "RESET search_path; RESET {setting}; RESET statement_timeout; \
              SELECT pg_catalog.now() = pg_catalog.statement_timestamp()"
         ));
         Ok(pool
