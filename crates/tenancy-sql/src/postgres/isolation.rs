@@ -46,13 +46,15 @@ pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
 pub const DEFAULT_TENANT_CONCURRENCY_WAIT: Duration = Duration::from_millis(100);
 
 /// The name of the custom PostgreSQL setting that carries the tenant identifier
-/// (`app.tenant_id` by default): `[a-z_]+\.[a-z_]+`, at most 63 bytes.
+/// (`app.tenant_id` by default): `[a-z_][a-z0-9_]*.[a-z_][a-z0-9_]*`, at most 63 bytes.
 ///
 /// ```
 /// use tenancy_sql::postgres::TenantSetting;
 /// assert_eq!(TenantSetting::parse("app.tenant_id").unwrap().as_str(), "app.tenant_id");
 /// assert!(TenantSetting::parse("tenant_id").is_err());
 /// assert!(TenantSetting::parse("app.tenant'; --").is_err());
+/// assert!(TenantSetting::parse("app2.tenant_1").is_ok());
+/// assert!(TenantSetting::parse("app.1tenant").is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TenantSetting(Arc<str>);
@@ -61,7 +63,10 @@ impl TenantSetting {
     /// Validates a setting name.
     pub fn parse(name: &str) -> Result<Self, IsolationError> {
         let valid_part = |part: &str| {
-            !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            part.bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_lowercase() || b == b'_' || (i > 0 && b.is_ascii_digit()))
+                && !part.is_empty()
         };
         match name.split_once('.') {
             Some((prefix, rest)) if name.len() <= 63 && valid_part(prefix) && valid_part(rest) => {
@@ -70,7 +75,7 @@ impl TenantSetting {
             _ => Err(IsolationError::invalid_name(
                 "tenant setting",
                 name,
-                "must match [a-z_]+.[a-z_]+ (at most 63 bytes)",
+                "must match [a-z_][a-z0-9_]*.[a-z_][a-z0-9_]* (at most 63 bytes)",
             )),
         }
     }
