@@ -234,3 +234,43 @@ pub async fn mysql_databases_with_prefix(prefix: &str) -> Vec<String> {
     .await
     .expect("list databases")
 }
+
+/// A Redis key prefix for one test (`<name>:`), whose keys are deleted when this value is
+/// dropped, even when the test fails.
+#[derive(Debug)]
+pub struct RedisKeys {
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// A fresh prefix under a unique name.
+    pub fn new(name: &str) -> Self {
+        Self {
+            prefix: format!("{}:", unique_name(name)),
+        }
+    }
+
+    /// The prefix, ending with `:`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        use tenancy::redis::redis;
+        let pattern = format!("{}*", self.prefix);
+        let cleanup = std::thread::spawn(move || -> redis::RedisResult<()> {
+            let client = redis::Client::open(redis_url())?;
+            let mut conn = client.get_connection()?;
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn)?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(keys).exec(&mut conn)?;
+            }
+            Ok(())
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            eprintln!("could not delete test keys {}*: {error}", self.prefix);
+        }
+    }
+}

@@ -5,7 +5,7 @@ mod demo_server;
 
 use demo_server::DemoServer;
 use serde_json::json;
-use tenancy_tests::{TestDatabase, TestRole, mysql_server_url, redis_url, unique_name};
+use tenancy_tests::{RedisKeys, TestDatabase, TestRole, mysql_server_url, redis_url, unique_name};
 
 /// A temporary directory removed at the end of the test.
 struct TempDir(std::path::PathBuf);
@@ -280,11 +280,11 @@ async fn invalid_configuration_names_the_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cache_and_rate_limits() {
     let data = TempDir::new();
-    let prefix = format!("{}:", unique_name("demo"));
+    let keys = RedisKeys::new("demo");
     let server = DemoServer::start(&[
         ("TENANCY_DEMO_DATA_DIR", data.path()),
         ("TENANCY_REDIS_URL", redis_url()),
-        ("TENANCY_REDIS_KEY_PREFIX", prefix),
+        ("TENANCY_REDIS_KEY_PREFIX", keys.prefix().to_owned()),
         ("TENANCY_ENABLE_RATE_LIMITING", "true".into()),
         ("TENANCY_RATE_LIMIT_PER_MINUTE", "5".into()),
     ]);
@@ -351,13 +351,13 @@ async fn mariadb_refuses_schema_isolation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspension_reaches_another_instance_through_redis() {
+    let keys = RedisKeys::new("demo_two");
     let db = TestDatabase::postgres("demo_two").await;
-    let prefix = format!("{}:", unique_name("demo_two"));
     let env = [
         ("TENANCY_DATABASE_URL", db.url().to_owned()),
         ("TENANCY_ISOLATION_STRATEGY", "schema".to_owned()),
         ("TENANCY_REDIS_URL", redis_url()),
-        ("TENANCY_REDIS_KEY_PREFIX", prefix),
+        ("TENANCY_REDIS_KEY_PREFIX", keys.prefix().to_owned()),
         // Long enough that only an invalidation message, not expiry, can explain a quick 403.
         ("TENANCY_CACHE_TTL_SECONDS", "600".to_owned()),
     ];
