@@ -278,10 +278,9 @@ impl<L: DatabaseLocator> TenantPools<L> {
             waited: started.elapsed(),
         };
         let mut budget_slot = None;
-        // A pool evicted between lookup and checkout is closed; the retry opens a fresh one.
-        let mut attempts_left = 2;
+        // A pool evicted between lookup and checkout is closed; under heavy eviction churn that
+        // can happen more than once, so retry with a fresh pool until the deadline.
         let (conn, tenant_slot, budget_slot) = loop {
-            attempts_left -= 1;
             let entry = self.pool_for(tenant).await?;
             let tenant_slot =
                 tokio::time::timeout_at(deadline, entry.slots.clone().acquire_owned())
@@ -295,8 +294,9 @@ impl<L: DatabaseLocator> TenantPools<L> {
             match tokio::time::timeout_at(deadline, entry.pool.acquire()).await {
                 Err(_) | Ok(Err(sqlx::Error::PoolTimedOut)) => return Err(busy()),
                 Ok(Ok(conn)) => break (conn, tenant_slot, budget),
-                Ok(Err(sqlx::Error::PoolClosed)) if attempts_left > 0 => {
+                Ok(Err(sqlx::Error::PoolClosed)) if Instant::now() < deadline => {
                     budget_slot = Some(budget);
+                    tokio::task::yield_now().await;
                 }
                 Ok(Err(other)) => return Err(self.locator.acquire_error(tenant, other)),
             }
