@@ -45,7 +45,8 @@ pub enum LayerConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// A key or JWKS file was read but holds no usable key.
+    /// A key source cannot be used: a key or JWKS file without a usable key, or a JWKS URL
+    /// the resolver refuses.
     #[cfg(feature = "jwt")]
     #[error("{variable}: {source}")]
     Jwt {
@@ -99,7 +100,9 @@ impl TenancyLayerBuilder {
     ///   `jwt_algorithm` and `jwt_secret`, `jwt_public_key_path` or `jwt_jwks_path` (reread on
     ///   an unknown key id at most every `jwt_jwks_refresh_seconds`), checks `jwt_audience`,
     ///   `jwt_issuer` and `jwt_leeway_seconds`, and reads `jwt_tenant_claim`. Key files are
-    ///   read now; `jwt_jwks_url` is refused (JWKS over HTTP is not supported);
+    ///   read now; the document at `jwt_jwks_url` (feature `jwks-http`, refused without it) is
+    ///   fetched when the first token arrives and again on an unknown key id at most every
+    ///   `jwt_jwks_refresh_seconds`;
     /// - the identifier policy with `reserved_identifiers`;
     /// - `excluded_paths` and `hide_unknown_tenants`.
     pub fn from_config(
@@ -157,6 +160,7 @@ mod jwt {
 
     const PUBLIC_KEY_PATH: &str = "TENANCY_JWT_PUBLIC_KEY_PATH";
     const JWKS_PATH: &str = "TENANCY_JWT_JWKS_PATH";
+    const JWKS_URL: &str = "TENANCY_JWT_JWKS_URL";
 
     pub(super) fn resolver(config: &TenancyConfig) -> Result<JwtResolver, LayerConfigError> {
         let algorithm = match config.jwt_algorithm {
@@ -196,12 +200,7 @@ mod jwt {
                 },
             )?
         } else if let Some(url) = &config.jwt_jwks_url {
-            return Err(LayerConfigError::Invalid {
-                variable: "TENANCY_JWT_JWKS_URL",
-                value: url.clone(),
-                reason: "JWKS over HTTP is not supported; download the document and set \
-                         TENANCY_JWT_JWKS_PATH, or set TENANCY_JWT_PUBLIC_KEY_PATH",
-            });
+            jwks_url_resolver(url, algorithm, config)?
         } else {
             return Err(LayerConfigError::Missing {
                 variable: PUBLIC_KEY_PATH,
@@ -217,6 +216,35 @@ mod jwt {
         Ok(resolver
             .leeway(config.jwt_leeway())
             .claim(&config.jwt_tenant_claim))
+    }
+    /// The resolver fetching the JWKS document at `url`, first when a token arrives.
+    #[cfg(feature = "jwks-http")]
+    fn jwks_url_resolver(
+        url: &str,
+        algorithm: Algorithm,
+        config: &TenancyConfig,
+    ) -> Result<JwtResolver, LayerConfigError> {
+        JwtResolver::jwks_url(url, algorithm, config.jwt_jwks_refresh()).map_err(|source| {
+            LayerConfigError::Jwt {
+                variable: JWKS_URL,
+                source,
+            }
+        })
+    }
+
+    /// Without the `jwks-http` feature there is no HTTP client to fetch the document with.
+    #[cfg(not(feature = "jwks-http"))]
+    fn jwks_url_resolver(
+        url: &str,
+        _algorithm: Algorithm,
+        _config: &TenancyConfig,
+    ) -> Result<JwtResolver, LayerConfigError> {
+        Err(LayerConfigError::Invalid {
+            variable: JWKS_URL,
+            value: url.to_owned(),
+            reason: "JWKS over HTTP needs the `jwks-http` feature of tenancy-axum; without it, \
+                     download the document and set TENANCY_JWT_JWKS_PATH",
+        })
     }
 }
 

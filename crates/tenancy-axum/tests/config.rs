@@ -325,7 +325,11 @@ mod jwt {
                 .starts_with("TENANCY_JWT_JWKS_PATH: cannot load JWKS file"),
             "{error}"
         );
+    }
 
+    #[cfg(not(feature = "jwks-http"))]
+    #[tokio::test]
+    async fn a_jwks_url_needs_the_jwks_http_feature() {
         let error = layer_error(&[
             ("TENANCY_RESOLUTION_STRATEGY", "jwt"),
             ("TENANCY_JWT_ALGORITHM", "RS256"),
@@ -345,5 +349,6 @@ mod jwt {
             ),
             "{error}"
         );
+        assert!(error.to_string().contains("`jwks-http` feature"), "{error}");
     }
 }
