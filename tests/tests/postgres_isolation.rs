@@ -268,26 +268,28 @@ async fn order_tenants(tx: &mut PgTenantTx) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_tenants_take_turns_on_one_connection() {
-    let world = World::schema(1, PgIsolationOptions::new()).await;
-    let (acme, globex) = (tenant("acme", None), tenant("globex", None));
+    for reset in RELEASE_RESET {
+        let world = World::schema(1, PgIsolationOptions::new().reset_on_release(reset)).await;
+        let (acme, globex) = (tenant("acme", None), tenant("globex", None));
 
-    let mut tx = world.isolation.begin(&acme).await.unwrap();
-    assert_eq!(tx.mode(), IsolationMode::Schema);
-    assert_eq!(item_tenants(&mut tx).await, ["acme", "acme"]);
-    let search_path: String = sqlx::query_scalar("SHOW search_path")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(search_path, "tenant_acme");
-    let first_pid = pid(&mut tx).await;
-    tx.commit().await.unwrap();
+        let mut tx = world.isolation.begin(&acme).await.unwrap();
+        assert_eq!(tx.mode(), IsolationMode::Schema);
+        assert_eq!(item_tenants(&mut tx).await, ["acme", "acme"]);
+        let search_path: String = sqlx::query_scalar("SHOW search_path")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(search_path, "tenant_acme");
+        let first_pid = pid(&mut tx).await;
+        tx.commit().await.unwrap();
 
-    let mut tx = world.isolation.begin(&globex).await.unwrap();
-    assert_eq!(item_tenants(&mut tx).await, ["globex", "globex"]);
-    assert_eq!(pid(&mut tx).await, first_pid);
-    tx.commit().await.unwrap();
+        let mut tx = world.isolation.begin(&globex).await.unwrap();
+        assert_eq!(item_tenants(&mut tx).await, ["globex", "globex"]);
+        assert_eq!(pid(&mut tx).await, first_pid);
+        tx.commit().await.unwrap();
 
-    assert_eq!(world.assert_clean().await, first_pid);
+        assert_eq!(world.assert_clean().await, first_pid);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,6 +468,10 @@ async fn schema_provisioning_creates_and_drops_quoted_schemas() {
 
 // ---------------------------------------------------------------- RLS mode
 
+/// The leak tests run with the pool's release reset on (the default) and off: what keeps a
+/// tenant transaction scoped must not depend on it.
+const RELEASE_RESET: [bool; 2] = [true, false];
+
 fn rls_options() -> PgIsolationOptions {
     PgIsolationOptions::new().mode(IsolationMode::Rls)
 }
@@ -611,171 +617,191 @@ async fn request(isolation: &PgIsolation, tenant: &Tenant) -> Result<Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_error_commit_and_reuse_leave_nothing_behind() {
-    let world = World::rls(1, rls_options()).await;
-    let acme = tenant("acme", None);
-    let first_pid = world.assert_clean().await;
+    for reset in RELEASE_RESET {
+        let world = World::rls(1, rls_options().reset_on_release(reset)).await;
+        let acme = tenant("acme", None);
+        let first_pid = world.assert_clean().await;
 
-    // A failing statement after the scope was set, then the transaction dropped.
-    let mut tx = world.isolation.begin(&acme).await.unwrap();
-    assert!(
-        sqlx::query("SELECT no_such_column FROM orders")
-            .fetch_all(&mut *tx)
+        // A failing statement after the scope was set, then the transaction dropped.
+        let mut tx = world.isolation.begin(&acme).await.unwrap();
+        assert!(
+            sqlx::query("SELECT no_such_column FROM orders")
+                .fetch_all(&mut *tx)
+                .await
+                .is_err()
+        );
+        drop(tx);
+        assert_eq!(world.assert_clean().await, first_pid);
+
+        // A failing statement, then commit: PostgreSQL rolls back; the connection is clean.
+        let mut tx = world.isolation.begin(&acme).await.unwrap();
+        sqlx::query("INSERT INTO orders (tenant_id, note) VALUES ('acme', 'lost')")
+            .execute(&mut *tx)
             .await
-            .is_err()
-    );
-    drop(tx);
-    assert_eq!(world.assert_clean().await, first_pid);
+            .unwrap();
+        assert!(sqlx::query("SELECT 1/0").execute(&mut *tx).await.is_err());
+        tx.commit().await.unwrap();
+        assert_eq!(world.assert_clean().await, first_pid);
 
-    // A failing statement, then commit: PostgreSQL rolls back; the connection is clean.
-    let mut tx = world.isolation.begin(&acme).await.unwrap();
-    sqlx::query("INSERT INTO orders (tenant_id, note) VALUES ('acme', 'lost')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert!(sqlx::query("SELECT 1/0").execute(&mut *tx).await.is_err());
-    tx.commit().await.unwrap();
-    assert_eq!(world.assert_clean().await, first_pid);
-
-    // Commit, then further use of the same connection.
-    assert_eq!(request(&world.isolation, &acme).await.unwrap().len(), 2);
-    assert_eq!(world.assert_clean().await, first_pid);
-    let mut tx = world
-        .isolation
-        .begin(&tenant("globex", None))
-        .await
-        .unwrap();
-    assert_eq!(order_tenants(&mut tx).await, ["globex", "globex", "globex"]);
-    tx.rollback().await.unwrap();
-    assert_eq!(world.assert_clean().await, first_pid);
-    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE note = 'lost'")
-        .fetch_one(&world.admin)
-        .await
-        .unwrap();
-    assert_eq!(notes, 0);
+        // Commit, then further use of the same connection.
+        assert_eq!(request(&world.isolation, &acme).await.unwrap().len(), 2);
+        assert_eq!(world.assert_clean().await, first_pid);
+        let mut tx = world
+            .isolation
+            .begin(&tenant("globex", None))
+            .await
+            .unwrap();
+        assert_eq!(order_tenants(&mut tx).await, ["globex", "globex", "globex"]);
+        tx.rollback().await.unwrap();
+        assert_eq!(world.assert_clean().await, first_pid);
+        let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE note = 'lost'")
+            .fetch_one(&world.admin)
+            .await
+            .unwrap();
+        assert_eq!(notes, 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_handler_leaves_nothing_behind() {
-    let world = World::rls(1, rls_options()).await;
-    let first_pid = world.assert_clean().await;
-    let isolation = world.isolation.clone();
-    let handler = tokio::spawn(async move {
-        let mut tx = isolation.begin(&tenant("acme", None)).await.unwrap();
-        assert_eq!(order_tenants(&mut tx).await.len(), 2);
-        panic!("handler bug after the tenant was set");
-    });
-    assert!(handler.await.unwrap_err().is_panic());
+    for reset in RELEASE_RESET {
+        let world = World::rls(1, rls_options().reset_on_release(reset)).await;
+        let first_pid = world.assert_clean().await;
+        let isolation = world.isolation.clone();
+        let handler = tokio::spawn(async move {
+            let mut tx = isolation.begin(&tenant("acme", None)).await.unwrap();
+            assert_eq!(order_tenants(&mut tx).await.len(), 2);
+            panic!("handler bug after the tenant was set");
+        });
+        assert!(handler.await.unwrap_err().is_panic());
 
-    // A panic while a query is in flight, caught in place.
-    let isolation = world.isolation.clone();
-    let caught = std::panic::AssertUnwindSafe(async move {
-        let mut tx = isolation.begin(&tenant("acme", None)).await.unwrap();
-        let query = sqlx::query("SELECT pg_sleep(0.05)").execute(&mut *tx);
-        let _ = query.now_or_never();
-        panic!("panic with a query in flight");
-    })
-    .catch_unwind()
-    .await;
-    assert!(caught.is_err());
+        // A panic while a query is in flight, caught in place.
+        let isolation = world.isolation.clone();
+        let caught = std::panic::AssertUnwindSafe(async move {
+            let mut tx = isolation.begin(&tenant("acme", None)).await.unwrap();
+            let query = sqlx::query("SELECT pg_sleep(0.05)").execute(&mut *tx);
+            let _ = query.now_or_never();
+            panic!("panic with a query in flight");
+        })
+        .catch_unwind()
+        .await;
+        assert!(caught.is_err());
 
-    assert_eq!(world.assert_clean().await, first_pid);
-    let mut tx = world
-        .isolation
-        .begin(&tenant("globex", None))
-        .await
-        .unwrap();
-    assert_eq!(order_tenants(&mut tx).await, ["globex", "globex", "globex"]);
+        assert_eq!(world.assert_clean().await, first_pid);
+        let mut tx = world
+            .isolation
+            .begin(&tenant("globex", None))
+            .await
+            .unwrap();
+        assert_eq!(order_tenants(&mut tx).await, ["globex", "globex", "globex"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn futures_dropped_at_every_await_point_leave_nothing_behind() {
-    let world = World::rls(1, rls_options()).await;
-    let acme = tenant("acme", None);
-    let globex = tenant("globex", None);
+    for reset in RELEASE_RESET {
+        let world = World::rls(1, rls_options().reset_on_release(reset)).await;
+        let acme = tenant("acme", None);
+        let globex = tenant("globex", None);
 
-    // Polled exactly once, then dropped: begin in flight (or, rarely, already done; either
-    // way the connection must come back clean).
-    for _ in 0..5 {
-        drop(world.isolation.begin(&acme).now_or_never());
-        world.assert_clean().await;
-    }
-    // Begin finished, dropped before the first query.
-    for _ in 0..3 {
-        let tx = world.isolation.begin(&acme).await.unwrap();
-        drop(tx);
-        world.assert_clean().await;
-    }
-    // First query in flight (sent, reply not read) when dropped.
-    for sql in ["SELECT tenant_id FROM orders", "SELECT pg_sleep(0.02)"] {
-        let mut tx = world.isolation.begin(&acme).await.unwrap();
-        drop(sqlx::query(sql).fetch_all(&mut *tx).now_or_never());
-        drop(tx);
-        world.assert_clean().await;
-    }
-    // Commit in flight when dropped.
-    let tx = world.isolation.begin(&acme).await.unwrap();
-    drop(tx.commit().now_or_never());
-    world.assert_clean().await;
-
-    // Timeouts sweeping across every await point of a whole request.
-    let mut cancelled = 0;
-    let mut completed = 0;
-    for step in 0..120u64 {
-        let limit = Duration::from_micros(step * 25);
-        match tokio::time::timeout(limit, request(&world.isolation, &acme)).await {
-            Ok(result) => {
-                assert_eq!(result.unwrap(), ["acme", "acme"]);
-                completed += 1;
-            }
-            Err(_) => cancelled += 1,
+        // Polled exactly once, then dropped: begin in flight (or, rarely, already done; either
+        // way the connection must come back clean).
+        for _ in 0..5 {
+            drop(world.isolation.begin(&acme).now_or_never());
+            world.assert_clean().await;
         }
+        // Begin finished, dropped before the first query.
+        for _ in 0..3 {
+            let tx = world.isolation.begin(&acme).await.unwrap();
+            drop(tx);
+            world.assert_clean().await;
+        }
+        // First query in flight (sent, reply not read) when dropped.
+        for sql in ["SELECT tenant_id FROM orders", "SELECT pg_sleep(0.02)"] {
+            let mut tx = world.isolation.begin(&acme).await.unwrap();
+            drop(sqlx::query(sql).fetch_all(&mut *tx).now_or_never());
+            drop(tx);
+            world.assert_clean().await;
+        }
+        // Commit in flight when dropped.
+        let tx = world.isolation.begin(&acme).await.unwrap();
+        drop(tx.commit().now_or_never());
         world.assert_clean().await;
-        // The next tenant always sees its own rows.
-        let mut tx = world.isolation.begin(&globex).await.unwrap();
-        assert_eq!(order_tenants(&mut tx).await, ["globex", "globex", "globex"]);
-        tx.commit().await.unwrap();
+
+        // Timeouts sweeping across every await point of a whole request.
+        let mut cancelled = 0;
+        let mut completed = 0;
+        for step in 0..120u64 {
+            let limit = Duration::from_micros(step * 25);
+            match tokio::time::timeout(limit, request(&world.isolation, &acme)).await {
+                Ok(result) => {
+                    assert_eq!(result.unwrap(), ["acme", "acme"]);
+                    completed += 1;
+                }
+                Err(_) => cancelled += 1,
+            }
+            world.assert_clean().await;
+            // The next tenant always sees its own rows.
+            let mut tx = world.isolation.begin(&globex).await.unwrap();
+            assert_eq!(order_tenants(&mut tx).await, ["globex", "globex", "globex"]);
+            tx.commit().await.unwrap();
+        }
+        assert!(cancelled > 0, "the sweep never cancelled");
+        assert!(completed > 0, "the sweep never completed a request");
     }
-    assert!(cancelled > 0, "the sweep never cancelled");
-    assert!(completed > 0, "the sweep never completed a request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_level_sets_committed_by_user_code_do_not_reach_the_next_borrower() {
-    let world = World::rls(1, rls_options()).await;
-    let mut conn = world.admin.acquire().await.unwrap();
-    sqlx::raw_sql("CREATE SCHEMA decoy; CREATE TABLE decoy.orders (id int, tenant_id text); INSERT INTO decoy.orders VALUES (1, 'decoy')")
+    for reset in RELEASE_RESET {
+        let world = World::rls(1, rls_options().reset_on_release(reset)).await;
+        let mut conn = world.admin.acquire().await.unwrap();
+        sqlx::raw_sql("CREATE SCHEMA decoy; CREATE TABLE decoy.orders (id int, tenant_id text); INSERT INTO decoy.orders VALUES (1, 'decoy')")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "GRANT USAGE ON SCHEMA decoy TO \"{0}\"; GRANT SELECT ON decoy.orders TO \"{0}\"",
+            world.role()
+        )))
         .execute(&mut *conn)
         .await
         .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "GRANT USAGE ON SCHEMA decoy TO \"{0}\"; GRANT SELECT ON decoy.orders TO \"{0}\"",
-        world.role()
-    )))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
-    let first_pid = world.assert_clean().await;
+        drop(conn);
+        let first_pid = world.assert_clean().await;
 
-    let mut tx = world.isolation.begin(&tenant("acme", None)).await.unwrap();
-    sqlx::raw_sql("SET app.tenant_id = 'globex'; SET search_path TO decoy")
+        let mut tx = world.isolation.begin(&tenant("acme", None)).await.unwrap();
+        sqlx::raw_sql(
+            "SET app.tenant_id = 'globex'; SET search_path TO decoy; SET statement_timeout = '123s'",
+        )
         .execute(&mut *tx)
         .await
         .unwrap();
-    // Within its own transaction, user code gets what it asked for...
-    assert_eq!(order_tenants(&mut tx).await, ["decoy"]);
-    tx.commit().await.unwrap();
+        // Within its own transaction, user code gets what it asked for...
+        assert_eq!(order_tenants(&mut tx).await, ["decoy"]);
+        tx.commit().await.unwrap();
 
-    // ...but the next borrower is scoped afresh, and plain use sees the defaults again.
-    let mut tx = world.isolation.begin(&tenant("acme", None)).await.unwrap();
-    assert_eq!(order_tenants(&mut tx).await, ["acme", "acme"]);
-    tx.commit().await.unwrap();
-    assert_eq!(world.assert_clean().await, first_pid);
-    let plain: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(world.isolation.pool())
-        .await
-        .unwrap();
-    assert_eq!(plain, 0);
+        // ...but the next borrower of the connection is scoped afresh, statement timeout
+        // included, with or without the release reset.
+        let mut tx = world.isolation.begin(&tenant("acme", None)).await.unwrap();
+        assert_eq!(pid(&mut tx).await, first_pid);
+        assert_eq!(order_tenants(&mut tx).await, ["acme", "acme"]);
+        let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(timeout, "0", "reset: {reset}");
+        tx.commit().await.unwrap();
+        if reset {
+            // The reset also gives plain use of the pool the session defaults back.
+            assert_eq!(world.assert_clean().await, first_pid);
+            let plain: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(world.isolation.pool())
+                .await
+                .unwrap();
+            assert_eq!(plain, 0);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -503,6 +503,7 @@ variables!(
     RESERVED_IDENTIFIERS,
     HIDE_UNKNOWN_TENANTS,
     POOL_MAX_CONNECTIONS,
+    POOL_RESET_ON_RELEASE,
     CONNECTION_BUDGET,
     TENANT_POOL_MAX_CONNECTIONS,
     ACQUIRE_TIMEOUT_SECONDS,
@@ -634,6 +635,12 @@ pub struct TenancyConfig {
     pub hide_unknown_tenants: bool,
     /// Size of the main pool, 1 to 10000. Default: 10.
     pub pool_max_connections: u32,
+    /// Whether the PostgreSQL runtime pool resets session settings and checks for an open
+    /// transaction when a connection goes back (one more round trip per request, off the
+    /// request path). Tenant transactions are scoped transaction-locally either way; the reset
+    /// protects plain (non-tenant) use of the runtime pool from session-level `SET`s that user
+    /// code ran in a tenant transaction. Default: true.
+    pub pool_reset_on_release: bool,
     /// Connections all tenant pools together may hold; at least
     /// `tenant_pool_max_connections`. Default: 50.
     pub connection_budget: u32,
@@ -698,6 +705,7 @@ impl Default for TenancyConfig {
             reserved_identifiers: Vec::new(),
             hide_unknown_tenants: false,
             pool_max_connections: 10,
+            pool_reset_on_release: true,
             connection_budget: 50,
             tenant_pool_max_connections: 5,
             acquire_timeout_seconds: 5,
@@ -979,6 +987,7 @@ impl TenancyConfig {
             }
             var::HIDE_UNKNOWN_TENANTS => self.hide_unknown_tenants = parse_bool(name, value)?,
             var::POOL_MAX_CONNECTIONS => self.pool_max_connections = parse_number(name, value)?,
+            var::POOL_RESET_ON_RELEASE => self.pool_reset_on_release = parse_bool(name, value)?,
             var::CONNECTION_BUDGET => self.connection_budget = parse_number(name, value)?,
             var::TENANT_POOL_MAX_CONNECTIONS => {
                 self.tenant_pool_max_connections = parse_number(name, value)?;
@@ -1664,6 +1673,7 @@ impl TenancyConfigBuilder {
             identifiers.into_iter().map(Into::into).collect();
         hide_unknown_tenants(hide: bool) => hide;
         pool_max_connections(connections: u32) => connections;
+        pool_reset_on_release(reset: bool) => reset;
         connection_budget(connections: u32) => connections;
         tenant_pool_max_connections(connections: u32) => connections;
         acquire_timeout_seconds(seconds: u64) => seconds;
@@ -1756,6 +1766,7 @@ mod tests {
         assert_eq!(config.hybrid_default_isolation, IsolationMode::Rls);
         assert!(config.reserved_identifiers.is_empty());
         assert!(!config.hide_unknown_tenants);
+        assert!(config.pool_reset_on_release);
         assert_eq!(config.pool_max_connections, 10);
         assert_eq!(config.connection_budget, 50);
         assert_eq!(config.tenant_pool_max_connections, 5);
@@ -1896,6 +1907,8 @@ mod tests {
             |c| c.hide_unknown_tenants, "sometimes", "sometimes"),
         ("TENANCY_POOL_MAX_CONNECTIONS", &[], "20",
             |c| c.pool_max_connections == 20, "10001", "10001"),
+        ("TENANCY_POOL_RESET_ON_RELEASE", &[], "false",
+            |c| !c.pool_reset_on_release, "never", "never"),
         ("TENANCY_CONNECTION_BUDGET", &[], "100",
             |c| c.connection_budget == 100, "4", "4"),
         ("TENANCY_TENANT_POOL_MAX_CONNECTIONS", &[], "8",

@@ -125,9 +125,10 @@ enum TxState {
 ///
 /// # Scope
 /// The begin statement carries the scope. PostgreSQL schema and RLS isolation send
-/// `BEGIN; SET LOCAL search_path TO ..; SET LOCAL <setting> TO '<tenant>'` (plus
-/// `; SET LOCAL statement_timeout TO <ms>` when a statement timeout is configured) as one
-/// simple-query message, all transaction-local so `COMMIT`/`ROLLBACK` restores the session.
+/// `BEGIN; SET LOCAL search_path TO ..; SET LOCAL <setting> TO '<tenant>'; SET LOCAL
+/// statement_timeout TO <ms or DEFAULT>` as one simple-query message, all transaction-local so
+/// `COMMIT`/`ROLLBACK` restores the session, and overriding whatever session-level values a
+/// previous borrower left.
 /// Database-per-tenant sends `BEGIN` (or e.g. SQLite's `BEGIN IMMEDIATE`) on a connection to
 /// the tenant's own database.
 ///
@@ -144,13 +145,21 @@ enum TxState {
 /// outside the tenant scope.
 ///
 /// # Round trips (PostgreSQL schema/RLS)
+/// On the request path:
 /// - checkout: 0 (the pool is built without `test_before_acquire`)
 /// - `BEGIN` + scope: 1
 /// - each query: 1 (plus 1 for preparing a statement the connection has not cached)
-/// - `COMMIT`: 1; `ROLLBACK` by drop: 0 on the request path (sent with the release check)
+/// - `COMMIT`: 1; `ROLLBACK` by drop: 0 (queued)
+///
+/// After the connection is handed back, while the pool still holds it: sqlx's release ping (1,
+/// which also carries a queued `ROLLBACK`), plus 1 for the release reset when
+/// `PgIsolationOptions::reset_on_release` is on (and then a queued `ROLLBACK` goes alone
+/// first: 1 more). A read-only handler that ends
+/// by drop on a pool without the reset costs 3 in all, against 2 for an autocommit query on a
+/// plain pool (the query and the release ping).
 ///
 /// The scope cannot ride in the same write as the first query: sqlx's public API waits for each
-/// message's reply, and firing the scope without reading its reply would hide a failed scope.
+/// message's reply before sending the next, so pipelining would need a change in the driver.
 pub struct TenantTx<DB: Database> {
     conn: TenantConnection<DB>,
     mode: IsolationMode,

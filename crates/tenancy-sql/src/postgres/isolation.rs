@@ -163,6 +163,7 @@ pub struct PgIsolationOptions {
     statement_timeout: Option<Duration>,
     tenant_concurrency_limit: Option<u32>,
     tenant_concurrency_wait: Duration,
+    reset_on_release: bool,
 }
 
 impl fmt::Debug for PgIsolationOptions {
@@ -176,6 +177,7 @@ impl fmt::Debug for PgIsolationOptions {
             .field("statement_timeout", &self.statement_timeout)
             .field("tenant_concurrency_limit", &self.tenant_concurrency_limit)
             .field("tenant_concurrency_wait", &self.tenant_concurrency_wait)
+            .field("reset_on_release", &self.reset_on_release)
             .finish_non_exhaustive()
     }
 }
@@ -189,7 +191,7 @@ impl Default for PgIsolationOptions {
 impl PgIsolationOptions {
     /// Schema isolation for every tenant, prefix `tenant_`, no shared schema; RLS setting
     /// `app.tenant_id`, tenant column `tenant_id`, RLS search path `public`; no statement
-    /// timeout and no per-tenant concurrency limit.
+    /// timeout, no per-tenant concurrency limit; the runtime pool resets sessions on release.
     pub fn new() -> Self {
         Self {
             schema_prefix: DEFAULT_SCHEMA_PREFIX.to_owned(),
@@ -201,11 +203,13 @@ impl PgIsolationOptions {
             statement_timeout: None,
             tenant_concurrency_limit: None,
             tenant_concurrency_wait: DEFAULT_TENANT_CONCURRENCY_WAIT,
+            reset_on_release: true,
         }
     }
 
     /// The options `config` asks for: `schema_prefix`, `shared_schema`, `rls_setting`,
-    /// `rls_tenant_column`, `statement_timeout_ms`, `tenant_concurrency_limit`, and the mode
+    /// `rls_tenant_column`, `statement_timeout_ms`, `tenant_concurrency_limit`,
+    /// `pool_reset_on_release`, and the mode
     /// per tenant by [`TenancyConfig::isolation_for`] (a tenant it sends to `database` is
     /// refused with [`IsolationError::UnsupportedMode`]; serve those with a
     /// [`HybridIsolation`](crate::HybridIsolation)). Size the runtime pool from the same config:
@@ -245,7 +249,9 @@ impl PgIsolationOptions {
             options = options.tenant_concurrency_limit(limit);
         }
         let config = config.clone();
-        options.select_mode(move |tenant| config.isolation_for(tenant))
+        options
+            .reset_on_release(config.pool_reset_on_release)
+            .select_mode(move |tenant| config.isolation_for(tenant))
     }
 
     /// Prefix of tenant schema names (`[a-z_][a-z0-9_]*`, at most 32 bytes).
@@ -329,14 +335,31 @@ impl PgIsolationOptions {
         self
     }
 
+    /// Whether [`pool_options`](Self::pool_options) adds the release reset (true by default).
+    ///
+    /// Tenant transactions do not need it: every piece of their scope (search path, tenant
+    /// setting, statement timeout) is set transaction-locally in the message that begins them,
+    /// overriding whatever a previous borrower left on the session, and a [`TenantTx`] never
+    /// goes back to the pool inside its transaction. The reset protects the other users of the
+    /// runtime pool: plain queries on [`PgIsolation::pool`] see the session defaults even after
+    /// user code ran a session-level `SET` inside a tenant transaction, and a connection
+    /// left inside a transaction by code outside [`TenantTx`] is discarded. It costs one round
+    /// trip per checkout, off the request path but while the connection is still held, so it
+    /// lowers the throughput of a saturated pool: turn it off when the runtime pool serves only
+    /// tenant transactions.
+    pub fn reset_on_release(mut self, reset: bool) -> Self {
+        self.reset_on_release = reset;
+        self
+    }
+
     /// Adds what the runtime pool needs to `pool` and returns it:
     ///
     /// - `test_before_acquire(false)`: no ping round trip before each checkout; a broken
     ///   connection surfaces as an error of the first statement instead.
-    /// - an `after_release` hook that resets `search_path`, the tenant setting and
-    ///   `statement_timeout` (undoing session-level `SET`s user code may have committed) and
-    ///   discards the connection if it is still inside a transaction, in one round trip, off the
-    ///   request path.
+    /// - unless [`reset_on_release`](Self::reset_on_release) is off, an `after_release` hook
+    ///   that resets `search_path`, the tenant setting and `statement_timeout` (undoing
+    ///   session-level `SET`s user code may have committed) and discards the connection if it
+    ///   is still inside a transaction, in one round trip, off the request path.
     ///
     /// ```
     /// use sqlx::postgres::PgPoolOptions;
@@ -348,24 +371,26 @@ impl PgIsolationOptions {
     /// ```
     pub fn pool_options(&self, pool: PgPoolOptions) -> Result<PgPoolOptions, IsolationError> {
         let setting = TenantSetting::parse(&self.setting)?;
+        let pool = pool.test_before_acquire(false);
+        if !self.reset_on_release {
+            return Ok(pool);
+        }
         let release_check: Arc<str> = Arc::from(format!(
             "RESET search_path; RESET {setting}; RESET statement_timeout; \
              SELECT pg_catalog.now() = pg_catalog.statement_timestamp()"
         ));
-        Ok(pool
-            .test_before_acquire(false)
-            .after_release(move |conn, _meta| {
-                let sql = AssertSqlSafe(Arc::clone(&release_check));
-                Box::pin(async move {
-                    // now() is the start of the transaction, statement_timestamp() the arrival
-                    // of this message: they differ only inside a transaction opened earlier.
-                    let rows = sqlx::raw_sql(sql).fetch_all(conn).await?;
-                    match rows.first() {
-                        Some(row) => row.try_get::<bool, _>(0),
-                        None => Ok(false),
-                    }
-                }) as BoxFuture<'_, Result<bool, sqlx::Error>>
-            }))
+        Ok(pool.after_release(move |conn, _meta| {
+            let sql = AssertSqlSafe(Arc::clone(&release_check));
+            Box::pin(async move {
+                // now() is the start of the transaction, statement_timestamp() the arrival
+                // of this message: they differ only inside a transaction opened earlier.
+                let rows = sqlx::raw_sql(sql).fetch_all(conn).await?;
+                match rows.first() {
+                    Some(row) => row.try_get::<bool, _>(0),
+                    None => Ok(false),
+                }
+            }) as BoxFuture<'_, Result<bool, sqlx::Error>>
+        }))
     }
 
     fn build(self) -> Result<Scoping, IsolationError> {
@@ -396,6 +421,8 @@ impl PgIsolationOptions {
                 .clamp(1, i32::MAX as u128);
             format!("; SET LOCAL statement_timeout TO {millis}")
         });
+        // Without a configured timeout, the session default: a session-level timeout that user
+        // code left behind does not reach the next tenant.
         Ok(Scoping {
             schema_prefix: self.schema_prefix,
             shared_schema,
@@ -403,7 +430,8 @@ impl PgIsolationOptions {
             setting,
             tenant_column: self.tenant_column,
             select: self.select,
-            statement_timeout: statement_timeout.unwrap_or_default(),
+            statement_timeout: statement_timeout
+                .unwrap_or_else(|| "; SET LOCAL statement_timeout TO DEFAULT".to_owned()),
         })
     }
 
@@ -425,15 +453,15 @@ pub(crate) struct Scoping {
     setting: TenantSetting,
     tenant_column: String,
     select: ModeSelector,
-    /// `; SET LOCAL statement_timeout TO <ms>`, or empty.
+    /// `; SET LOCAL statement_timeout TO <ms>`, or `TO DEFAULT`.
     statement_timeout: String,
 }
 
 impl Scoping {
     /// The one simple-query message opening a tenant's transaction: `BEGIN`, then the
-    /// transaction-local search path and tenant setting (and statement timeout, if any). Both
-    /// are set in both modes so that whatever a previous borrower left on the session is
-    /// overridden.
+    /// transaction-local search path, tenant setting and statement timeout (the configured one
+    /// or the session default). All three are set in both modes so that whatever a previous
+    /// borrower left on the session is overridden.
     pub(crate) fn begin_sql(
         &self,
         tenant: &TenantIdentifier,
@@ -736,7 +764,10 @@ mod tests {
         };
         assert_eq!(
             begin(PgIsolationOptions::new()),
-            r#"BEGIN; SET LOCAL search_path TO "tenant_acme"; SET LOCAL app.tenant_id TO 'acme'"#
+            concat!(
+                r#"BEGIN; SET LOCAL search_path TO "tenant_acme"; SET LOCAL app.tenant_id TO 'acme'; "#,
+                "SET LOCAL statement_timeout TO DEFAULT"
+            )
         );
         assert_eq!(
             begin(PgIsolationOptions::new().statement_timeout(Duration::from_millis(1500))),
@@ -762,6 +793,7 @@ mod tests {
     #[test]
     fn from_config_takes_names_timeout_limit_and_modes() {
         let config = TenancyConfig::builder()
+            .pool_reset_on_release(false)
             .schema_prefix("t_")
             .rls_setting("app.tenant")
             .statement_timeout_ms(250)
@@ -772,6 +804,7 @@ mod tests {
         let options = PgIsolationOptions::from_config(&config);
         assert_eq!(options.statement_timeout, Some(Duration::from_millis(250)));
         assert_eq!(options.tenant_concurrency_limit, Some(3));
+        assert!(!options.reset_on_release);
         let mut premium = tenant("acme");
         premium.tier = "premium".to_owned();
         assert_eq!((options.select)(&premium), IsolationMode::Schema);
