@@ -279,7 +279,7 @@ async fn schema_tenants_take_turns_on_one_connection() {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        assert_eq!(search_path, "tenant_acme");
+        assert_eq!(search_path, "tenant_acme, pg_temp");
         let first_pid = pid(&mut tx).await;
         tx.commit().await.unwrap();
 
@@ -800,6 +800,42 @@ async fn session_level_sets_committed_by_user_code_do_not_reach_the_next_borrowe
                 .await
                 .unwrap();
             assert_eq!(plain, 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_tables_left_by_user_code_never_shadow_the_next_tenants_tables() {
+    for reset in RELEASE_RESET {
+        let world = World::schema(1, PgIsolationOptions::new().reset_on_release(reset)).await;
+        let (acme, globex) = (tenant("acme", None), tenant("globex", None));
+        let mut tx = world.isolation.begin(&acme).await.unwrap();
+        let first_pid = pid(&mut tx).await;
+        sqlx::raw_sql(
+            "CREATE TEMP TABLE items (id int, tenant text, label text);
+             INSERT INTO pg_temp.items VALUES (1, 'acme-temp', 'left behind')",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = world.isolation.begin(&globex).await.unwrap();
+        assert_eq!(pid(&mut tx).await, first_pid);
+        assert_eq!(
+            item_tenants(&mut tx).await,
+            ["globex", "globex"],
+            "reset: {reset}"
+        );
+        tx.commit().await.unwrap();
+        if reset {
+            let mut conn = world.isolation.pool().acquire().await.unwrap();
+            let temp_left: bool =
+                sqlx::query_scalar("SELECT to_regclass('pg_temp.items') IS NOT NULL")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
+            assert!(!temp_left, "the release reset drops temporary tables");
         }
     }
 }

@@ -289,7 +289,7 @@ mod tests {
                 .fetch_one(&mut *tx)
                 .await
                 .unwrap();
-            assert_eq!(search_path, "tenant_acme");
+            assert_eq!(search_path, "tenant_acme, pg_temp");
             tx.rollback().await.unwrap();
         }
     }

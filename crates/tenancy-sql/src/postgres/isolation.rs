@@ -358,8 +358,9 @@ impl PgIsolationOptions {
     ///   connection surfaces as an error of the first statement instead.
     /// - unless [`reset_on_release`](Self::reset_on_release) is off, an `after_release` hook
     ///   that resets `search_path`, the tenant setting and `statement_timeout` (undoing
-    ///   session-level `SET`s user code may have committed) and discards the connection if it
-    ///   is still inside a transaction, in one round trip, off the request path.
+    ///   session-level `SET`s user code may have committed), drops temporary tables, and
+    ///   discards the connection if it is still inside a transaction, in one round trip, off
+    ///   the request path.
     ///
     /// ```
     /// use sqlx::postgres::PgPoolOptions;
@@ -376,7 +377,7 @@ impl PgIsolationOptions {
             return Ok(pool);
         }
         let release_check: Arc<str> = Arc::from(format!(
-            "RESET search_path; RESET {setting}; RESET statement_timeout; \
+            "RESET search_path; RESET {setting}; RESET statement_timeout; DISCARD TEMP; \
              SELECT pg_catalog.now() = pg_catalog.statement_timestamp()"
         ));
         Ok(pool.after_release(move |conn, _meta| {
@@ -480,8 +481,10 @@ impl Scoping {
             IsolationMode::Rls => self.rls_search_path.clone(),
             other => return Err(IsolationError::UnsupportedMode(other)),
         };
+        // pg_temp named last: a temporary table some earlier borrower left on the session can
+        // never shadow the tenant's tables, which it would as the implicit first entry.
         Ok(format!(
-            "BEGIN; SET LOCAL search_path TO {search_path}; SET LOCAL {} TO {}{}",
+            "BEGIN; SET LOCAL search_path TO {search_path}, pg_temp; SET LOCAL {} TO {}{}",
             self.setting,
             quote_literal(tenant.as_str()),
             self.statement_timeout
@@ -765,14 +768,14 @@ mod tests {
         assert_eq!(
             begin(PgIsolationOptions::new()),
             concat!(
-                r#"BEGIN; SET LOCAL search_path TO "tenant_acme"; SET LOCAL app.tenant_id TO 'acme'; "#,
+                r#"BEGIN; SET LOCAL search_path TO "tenant_acme", pg_temp; SET LOCAL app.tenant_id TO 'acme'; "#,
                 "SET LOCAL statement_timeout TO DEFAULT"
             )
         );
         assert_eq!(
             begin(PgIsolationOptions::new().statement_timeout(Duration::from_millis(1500))),
             concat!(
-                r#"BEGIN; SET LOCAL search_path TO "tenant_acme"; SET LOCAL app.tenant_id TO 'acme'; "#,
+                r#"BEGIN; SET LOCAL search_path TO "tenant_acme", pg_temp; SET LOCAL app.tenant_id TO 'acme'; "#,
                 "SET LOCAL statement_timeout TO 1500"
             )
         );
@@ -815,7 +818,7 @@ mod tests {
                 .begin_sql(&premium.identifier, IsolationMode::Schema)
                 .unwrap(),
             concat!(
-                r#"BEGIN; SET LOCAL search_path TO "t_acme"; SET LOCAL app.tenant TO 'acme'; "#,
+                r#"BEGIN; SET LOCAL search_path TO "t_acme", pg_temp; SET LOCAL app.tenant TO 'acme'; "#,
                 "SET LOCAL statement_timeout TO 250"
             )
         );
