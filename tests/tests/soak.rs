@@ -1,10 +1,13 @@
 //! The leak soak: per isolation mode (PostgreSQL schema, PostgreSQL RLS under a NOSUPERUSER
-//! runtime role, SQLite database-per-tenant), many requests over 64 tenants through
-//! `TenantIsolation::begin` at four times the pool size in concurrency, with requests cut short
-//! at random points (5%), panicking after the tenant is set (1%) and failing with an SQL error
-//! after the tenant is set, then going on and committing (1%). Every row carries its tenant, so
-//! every row a request sees is checked: the soak must see no foreign row, and afterwards every
-//! pooled connection must be idle outside any transaction and carry no tenant state.
+//! runtime role, and a database per tenant on PostgreSQL, MariaDB and SQLite), many requests
+//! over 64 tenants through `TenantIsolation::begin` at four times the pool size (the connection
+//! budget, for a database per tenant) in concurrency, with requests cut short at random points
+//! (5%), panicking after the tenant is set (1%) and failing with an SQL error after the tenant
+//! is set, then going on and committing (1%). Every row carries its tenant, so every row a
+//! request sees is checked: the soak must see no foreign row, and afterwards every pooled
+//! connection must be idle outside any transaction and carry no tenant state (for a database
+//! per tenant: be connected to its tenant's database), and no tenant's database may hold a
+//! foreign row.
 //!
 //! Size: `TENANCY_SOAK_REQUESTS` requests per mode (default 10,000); `TENANCY_SOAK_SEED` replays
 //! a run (the seed is printed). `scripts/soak` runs 100,000 per mode in release mode.
@@ -18,19 +21,29 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Row, Sqlite};
-use tenancy::sql::database_per_tenant::TenantPoolSettings;
-use tenancy::sql::postgres::{PgIsolation, PgIsolationOptions, TenantSetting};
+use sqlx::{
+    Connection, Database, Executor, MySql, MySqlConnection, PgConnection, Postgres, Row, Sqlite,
+    SqliteConnection,
+};
+use tenancy::sql::database_per_tenant::{DatabaseLocator, TenantPoolSettings, TenantPools};
+use tenancy::sql::mysql::{MySqlDatabaseLocator, MySqlTenantPools};
+use tenancy::sql::postgres::{
+    PgDatabaseLocator, PgIsolation, PgIsolationOptions, PgTenantPools, TenantSetting,
+};
 use tenancy::sql::sqlite::{SqliteLocator, SqliteTenantPools};
 use tenancy::sql::{IsolationError, TenantIsolation, TenantTx, isolation_extension};
 use tenancy::{IsolationMode, NewTenant, Tenant, TenantIdentifier, TenantStatus};
-use tenancy_tests::{TestDatabase, TestRole, unique_name};
+use tenancy_tests::{
+    Server, TestDatabase, TestRole, mysql_databases_with_prefix, mysql_server_url,
+    postgres_databases_with_prefix, postgres_server_url, unique_name,
+};
 
 /// Tenants per mode.
 const TENANTS: usize = 64;
 /// Rows each tenant starts with.
 const INITIAL_ROWS: usize = 3;
-/// Connections of the shared runtime pool (PostgreSQL) or of the global budget (SQLite).
+/// Connections of the shared runtime pool (PostgreSQL schema and RLS) or of the global budget
+/// (a database per tenant).
 const POOL_SIZE: u32 = 8;
 /// Requests in flight at once: four times the pool.
 const CONCURRENCY: usize = 4 * POOL_SIZE as usize;
@@ -157,90 +170,109 @@ impl Seen {
     }
 }
 
-/// One request against a handle of the given database: the same SQL on PostgreSQL and SQLite
-/// (`items(id, tenant)`, in the tenant's schema, shared under RLS, or in the tenant's file).
+/// Defines `$name(isolation)`, the soak's requests through a handle of the database `$db`: the
+/// same SQL on every backend but for the insert's placeholder (`items(id, tenant)`, in the
+/// tenant's schema, shared under RLS, or in the tenant's own database).
 macro_rules! request_fn {
-    ($name:ident, $db:ty) => {
-        async fn $name(
-            isolation: Arc<dyn TenantIsolation<Database = $db>>,
-            tenant: Arc<Tenant>,
-            plan: Plan,
-        ) -> Result<Seen, IsolationError> {
-            async fn read(tx: &mut TenantTx<$db>, tenant: &str) -> Result<Seen, sqlx::Error> {
-                let groups: Vec<(String, i64)> =
-                    sqlx::query_as("SELECT tenant, count(*) FROM items GROUP BY tenant")
-                        .fetch_all(&mut **tx)
-                        .await?;
-                let mut seen = Seen::default();
-                for (owner, rows) in groups {
-                    let rows = rows as u64;
-                    if owner == tenant {
-                        seen.own_rows += rows;
-                    } else {
-                        eprintln!("FOREIGN ROWS: tenant {tenant} saw {rows} row(s) of {owner}");
-                        seen.foreign_rows += rows;
+    ($name:ident, $db:ty, $insert:literal) => {
+        fn $name(isolation: impl TenantIsolation<Database = $db>) -> Request {
+            async fn request(
+                isolation: Arc<dyn TenantIsolation<Database = $db>>,
+                tenant: Arc<Tenant>,
+                plan: Plan,
+            ) -> Result<Seen, IsolationError> {
+                async fn read(tx: &mut TenantTx<$db>, tenant: &str) -> Result<Seen, sqlx::Error> {
+                    let groups: Vec<(String, i64)> =
+                        sqlx::query_as("SELECT tenant, count(*) FROM items GROUP BY tenant")
+                            .fetch_all(&mut **tx)
+                            .await?;
+                    let mut seen = Seen::default();
+                    for (owner, rows) in groups {
+                        let rows = rows as u64;
+                        if owner == tenant {
+                            seen.own_rows += rows;
+                        } else {
+                            eprintln!("FOREIGN ROWS: tenant {tenant} saw {rows} row(s) of {owner}");
+                            seen.foreign_rows += rows;
+                        }
                     }
+                    Ok(seen)
                 }
+
+                async fn insert(tx: &mut TenantTx<$db>, tenant: &str) -> Result<(), sqlx::Error> {
+                    sqlx::query($insert)
+                        .bind(tenant)
+                        .execute(&mut **tx)
+                        .await
+                        .map(drop)
+                }
+
+                // Writes come first: a SQLite transaction that reads and then writes cannot wait
+                // for the write lock (SQLITE_BUSY at once), one that writes first can.
+                let id = tenant.identifier.as_str();
+                let mut tx = isolation.begin(&tenant).await?;
+                let seen = match plan {
+                    Plan::Normal { write } | Plan::Cancelled { write, .. } => {
+                        if write {
+                            insert(&mut tx, id).await?;
+                        }
+                        read(&mut tx, id).await?
+                    }
+                    Plan::Panic => {
+                        read(&mut tx, id).await?;
+                        panic!("{}", INJECTED_PANIC)
+                    }
+                    Plan::SqlError { in_savepoint: true } => {
+                        insert(&mut tx, id).await?;
+                        let mut savepoint = Connection::begin(&mut *tx).await?;
+                        let failed = sqlx::query("SELECT * FROM no_such_table")
+                            .execute(&mut *savepoint)
+                            .await;
+                        assert!(failed.is_err(), "the injected statement must fail");
+                        savepoint.rollback().await?;
+                        read(&mut tx, id).await?
+                    }
+                    Plan::SqlError {
+                        in_savepoint: false,
+                    } => {
+                        let mut seen = read(&mut tx, id).await?;
+                        let failed = sqlx::query("SELECT * FROM no_such_table")
+                            .execute(&mut *tx)
+                            .await;
+                        assert!(failed.is_err(), "the injected statement must fail");
+                        // PostgreSQL refuses anything but the end of the transaction now (and
+                        // turns the commit into a rollback); SQLite and MariaDB go on.
+                        if let Ok(more) = read(&mut tx, id).await {
+                            seen.add(more);
+                        }
+                        seen
+                    }
+                };
+                tx.commit().await?;
                 Ok(seen)
             }
 
-            async fn insert(tx: &mut TenantTx<$db>, tenant: &str) -> Result<(), sqlx::Error> {
-                sqlx::query("INSERT INTO items (tenant) VALUES ($1)")
-                    .bind(tenant)
-                    .execute(&mut **tx)
-                    .await
-                    .map(drop)
-            }
-
-            // Writes come first: a SQLite transaction that reads and then writes cannot wait
-            // for the write lock (SQLITE_BUSY at once), one that writes first can.
-            let id = tenant.identifier.as_str();
-            let mut tx = isolation.begin(&tenant).await?;
-            let seen = match plan {
-                Plan::Normal { write } | Plan::Cancelled { write, .. } => {
-                    if write {
-                        insert(&mut tx, id).await?;
-                    }
-                    read(&mut tx, id).await?
-                }
-                Plan::Panic => {
-                    read(&mut tx, id).await?;
-                    panic!("{}", INJECTED_PANIC)
-                }
-                Plan::SqlError { in_savepoint: true } => {
-                    insert(&mut tx, id).await?;
-                    let mut savepoint = Connection::begin(&mut *tx).await?;
-                    let failed = sqlx::query("SELECT * FROM no_such_table")
-                        .execute(&mut *savepoint)
-                        .await;
-                    assert!(failed.is_err(), "the injected statement must fail");
-                    savepoint.rollback().await?;
-                    read(&mut tx, id).await?
-                }
-                Plan::SqlError {
-                    in_savepoint: false,
-                } => {
-                    let mut seen = read(&mut tx, id).await?;
-                    let failed = sqlx::query("SELECT * FROM no_such_table")
-                        .execute(&mut *tx)
-                        .await;
-                    assert!(failed.is_err(), "the injected statement must fail");
-                    // PostgreSQL refuses anything but the end of the transaction now (and
-                    // turns the commit into a rollback); SQLite goes on.
-                    if let Ok(more) = read(&mut tx, id).await {
-                        seen.add(more);
-                    }
-                    seen
-                }
-            };
-            tx.commit().await?;
-            Ok(seen)
+            let isolation = isolation_extension(isolation);
+            Arc::new(move |tenant, plan| Box::pin(request(Arc::clone(&isolation), tenant, plan)))
         }
     };
 }
 
-request_fn!(postgres_request, Postgres);
-request_fn!(sqlite_request, Sqlite);
+request_fn!(
+    postgres_requests,
+    Postgres,
+    "INSERT INTO items (tenant) VALUES ($1)"
+);
+request_fn!(
+    mysql_requests,
+    MySql,
+    "INSERT INTO items (tenant) VALUES (?)"
+);
+request_fn!(
+    sqlite_requests,
+    Sqlite,
+    "INSERT INTO items (tenant) VALUES ($1)"
+);
 
 /// Runs `future` but drops it after `polls` polls that left it pending; `None` if cut.
 async fn cut_after_polls<F: Future>(polls: usize, future: F) -> Option<F::Output> {
@@ -503,11 +535,6 @@ impl PgWorld {
     }
 }
 
-fn postgres_handle(isolation: &PgIsolation) -> Request {
-    let isolation = isolation_extension(isolation.clone());
-    Arc::new(move |tenant, plan| Box::pin(postgres_request(Arc::clone(&isolation), tenant, plan)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_postgres_schema() {
     let (seed, requests) = (seed(), requests());
@@ -543,7 +570,7 @@ async fn soak_postgres_schema() {
         "postgres-schema",
         seed,
         requests,
-        postgres_handle(&world.isolation),
+        postgres_requests(world.isolation.clone()),
     )
     .await;
     assert_sound(&tally, requests);
@@ -616,7 +643,7 @@ async fn soak_postgres_rls() {
         "postgres-rls",
         seed,
         requests,
-        postgres_handle(&world.isolation),
+        postgres_requests(world.isolation.clone()),
     )
     .await;
     assert_sound(&tally, requests);
@@ -630,7 +657,360 @@ async fn soak_postgres_rls() {
     assert_eq!(unscoped, 0);
 }
 
-// ---------------------------------------------------------------- SQLite, a file per tenant
+// ---------------------------------------------------------------- a database per tenant
+
+/// The pool settings of every database-per-tenant soak: `POOL_SIZE` connections in use at once
+/// over all tenants, two per tenant.
+fn tenant_pool_settings() -> TenantPoolSettings {
+    TenantPoolSettings {
+        connection_budget: POOL_SIZE,
+        max_connections_per_tenant: 2,
+        acquire_timeout: Duration::from_secs(60),
+        ..TenantPoolSettings::default()
+    }
+}
+
+/// What a pooled connection acquired for a tenant says about itself and its database. Every
+/// tenant database holds rows of its own tenant only, so rows of its tenant and none of another
+/// also show that the connection is connected to its tenant's database.
+#[derive(Debug)]
+struct ConnectionProbe {
+    /// Whether it is inside a transaction (SQLite: or cannot take its file's write lock).
+    in_transaction: bool,
+    /// Rows of its database that belong to the tenant.
+    own_rows: i64,
+    /// Rows of its database that belong to another tenant.
+    foreign_rows: i64,
+}
+
+/// A database-per-tenant backend as the soak drives it: its locator, and how to create and
+/// inspect a tenant database.
+trait SoakBackend: DatabaseLocator + Sized {
+    /// The `items.id` column: an auto-numbered primary key in the backend's dialect.
+    const ID_COLUMN: &'static str;
+
+    /// Creates `tenant`'s (empty) database.
+    async fn create_database(pools: &TenantPools<Self>, tenant: &TenantIdentifier);
+
+    /// Asks `conn`, a pooled connection acquired for `tenant`, about itself and its database.
+    async fn probe(
+        conn: &mut <Self::Database as Database>::Connection,
+        tenant: &str,
+    ) -> ConnectionProbe;
+}
+
+/// The soak of one database-per-tenant backend: creates the tenants' databases with their rows,
+/// drives `requests_through(pools)`, then checks the figures, what the server says of the
+/// connections to `server`'s databases (none for SQLite), and every pooled connection of every
+/// tenant.
+async fn soak_database_per_tenant<L>(
+    mode: &str,
+    pools: TenantPools<L>,
+    requests_through: fn(TenantPools<L>) -> Request,
+    server: Option<&TenantDatabases>,
+) where
+    L: SoakBackend,
+    for<'c> &'c mut <L::Database as Database>::Connection: Executor<'c, Database = L::Database>,
+{
+    let (seed, requests) = (seed(), requests());
+    let tenants = soak_tenants();
+    for tenant in &tenants {
+        L::create_database(&pools, &tenant.identifier).await;
+        let rows = vec![format!("('{}')", tenant.identifier); INITIAL_ROWS].join(", ");
+        let mut conn = pools.acquire(&tenant.identifier).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE items (id {}, tenant TEXT NOT NULL);
+             INSERT INTO items (tenant) VALUES {rows};",
+            L::ID_COLUMN
+        )))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        drop(conn);
+        // The soak opens every pool afresh; idle set-up connections would crowd the server.
+        pools.evict(&tenant.identifier).await;
+    }
+
+    let tally = drive(mode, seed, requests, requests_through(pools.clone())).await;
+    assert_sound(&tally, requests);
+
+    // Every connection comes back, and the server sees each one idle outside any transaction
+    // (connections closed on purpose take a moment to go).
+    let idle = |activity: &BTreeMap<i64, String>| activity.values().all(|state| state == "idle");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let activity = loop {
+        let activity = match server {
+            Some(databases) => databases.activity().await,
+            None => BTreeMap::new(),
+        };
+        let settled = pools.metrics().checked_out == 0 && idle(&activity);
+        if settled || Instant::now() > deadline {
+            break activity;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(pools.metrics().checked_out, 0, "connections still out");
+    assert!(idle(&activity), "tenant connections not idle: {activity:?}");
+
+    // Each tenant's pooled connections all at once (so none is checked twice): outside any
+    // transaction, on a database with the tenant's rows and no other's. Then the pool goes, so
+    // that the idle connections of all the tenants never crowd the server.
+    for tenant in &tenants {
+        let id = tenant.identifier.as_str();
+        let mut held = Vec::new();
+        for _ in 0..pools.settings().max_connections_per_tenant {
+            let mut conn = pools
+                .acquire(&tenant.identifier)
+                .await
+                .unwrap_or_else(|error| panic!("{id}: no connection after the soak: {error}"));
+            let probe = L::probe(&mut conn, id).await;
+            assert!(
+                !probe.in_transaction,
+                "{id}: a connection inside a transaction"
+            );
+            assert!(probe.own_rows >= INITIAL_ROWS as i64, "{id}: {probe:?}");
+            assert_eq!(probe.foreign_rows, 0, "foreign rows stored for {id}");
+            held.push(conn);
+        }
+        drop(held);
+        pools.evict(&tenant.identifier).await;
+    }
+}
+
+/// The URL of the admin connection to `server`.
+fn admin_url(server: Server) -> String {
+    match server {
+        Server::Postgres => format!("{}/postgres", postgres_server_url()),
+        Server::Mysql => format!("{}/mysql", mysql_server_url()),
+    }
+}
+
+/// A fresh admin connection to `server` (a `PgConnection` or a `MySqlConnection`).
+async fn admin<C: Connection>(server: Server) -> C {
+    let url = admin_url(server);
+    C::connect(&url)
+        .await
+        .unwrap_or_else(|error| panic!("connect to {url}: {error}"))
+}
+
+/// The tenant databases of one soak on a server: a unique name prefix, and every database under
+/// it dropped when this value is dropped, failing test or not.
+struct TenantDatabases {
+    /// The server the databases are on.
+    server: Server,
+    /// The prefix of their names, the locator's database prefix.
+    prefix: String,
+}
+
+impl TenantDatabases {
+    /// A fresh prefix on `server`; creates nothing.
+    fn new(server: Server) -> Self {
+        Self {
+            server,
+            prefix: format!("{}_", unique_name("soak")),
+        }
+    }
+
+    /// The server's connections to these databases: id → what it is doing, `idle` for idle
+    /// outside any transaction.
+    async fn activity(&self) -> BTreeMap<i64, String> {
+        let activity: Result<Vec<(i64, String)>, _> = match self.server {
+            Server::Postgres => {
+                sqlx::query_as(
+                    "SELECT pid::bigint, coalesce(state, '') FROM pg_stat_activity \
+                     WHERE starts_with(datname, $1) AND backend_type = 'client backend'",
+                )
+                .bind(&self.prefix)
+                .fetch_all(&mut admin::<PgConnection>(self.server).await)
+                .await
+            }
+            // The process list shows a connection inside a transaction but between statements
+            // as sleeping; InnoDB's list of transactions shows it.
+            Server::Mysql => {
+                sqlx::query_as(
+                    "SELECT CAST(p.id AS SIGNED), CASE WHEN t.trx_id IS NOT NULL \
+                     THEN 'in transaction' WHEN p.command = 'Sleep' THEN 'idle' \
+                     ELSE p.command END \
+                     FROM information_schema.processlist p \
+                     LEFT JOIN information_schema.innodb_trx t ON t.trx_mysql_thread_id = p.id \
+                     WHERE LEFT(p.db, CHAR_LENGTH(?)) = ?",
+                )
+                .bind(&self.prefix)
+                .bind(&self.prefix)
+                .fetch_all(&mut admin::<MySqlConnection>(self.server).await)
+                .await
+            }
+        };
+        activity.unwrap().into_iter().collect()
+    }
+}
+
+impl Drop for TenantDatabases {
+    fn drop(&mut self) {
+        let (server, prefix) = (self.server, self.prefix.clone());
+        // Dropped on the test's runtime: clean up on a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("a runtime for clean-up");
+            runtime.block_on(drop_databases(server, &prefix))
+        });
+        let failure = match cleanup.join() {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "the clean-up panicked".to_owned(),
+        };
+        let message = format!(
+            "could not drop the databases under {}: {failure}",
+            self.prefix
+        );
+        if std::thread::panicking() {
+            eprintln!("{message}");
+        } else {
+            panic!("{message}");
+        }
+    }
+}
+
+/// Drops every database on `server` whose name starts with `prefix`.
+async fn drop_databases(server: Server, prefix: &str) -> Result<(), sqlx::Error> {
+    match server {
+        Server::Postgres => {
+            // Each DROP DATABASE waits for a checkpoint; drops running together share one.
+            let admin = PgPoolOptions::new()
+                .max_connections(32)
+                .connect(&admin_url(server))
+                .await?;
+            let drops = postgres_databases_with_prefix(prefix)
+                .await
+                .into_iter()
+                .map(|name| {
+                    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&admin)
+                });
+            futures_util::future::try_join_all(drops).await?;
+        }
+        Server::Mysql => {
+            let mut admin = MySqlConnection::connect(&admin_url(server)).await?;
+            for name in mysql_databases_with_prefix(prefix).await {
+                let drop = format!("DROP DATABASE IF EXISTS `{name}`");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut admin)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl SoakBackend for PgDatabaseLocator {
+    const ID_COLUMN: &'static str = "BIGSERIAL PRIMARY KEY";
+
+    async fn create_database(pools: &PgTenantPools, tenant: &TenantIdentifier) {
+        let mut admin = admin(Server::Postgres).await;
+        pools
+            .create_tenant_database(&mut admin, tenant, None)
+            .await
+            .unwrap();
+    }
+
+    async fn probe(conn: &mut PgConnection, tenant: &str) -> ConnectionProbe {
+        // One simple query, one command message: inside a transaction, now() is when the
+        // transaction began, before this statement (the identifier is validated, so safe SQL).
+        let row = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SELECT now() <> statement_timestamp(), \
+             count(*) FILTER (WHERE tenant = '{tenant}'), \
+             count(*) FILTER (WHERE tenant <> '{tenant}') FROM items"
+        )))
+        .fetch_one(conn)
+        .await
+        .unwrap();
+        ConnectionProbe {
+            in_transaction: row.get(0),
+            own_rows: row.get(1),
+            foreign_rows: row.get(2),
+        }
+    }
+}
+
+impl SoakBackend for MySqlDatabaseLocator {
+    const ID_COLUMN: &'static str = "BIGINT AUTO_INCREMENT PRIMARY KEY";
+
+    async fn create_database(pools: &MySqlTenantPools, tenant: &TenantIdentifier) {
+        let mut admin = admin(Server::Mysql).await;
+        pools
+            .create_tenant_database(&mut admin, tenant, None)
+            .await
+            .unwrap();
+    }
+
+    async fn probe(conn: &mut MySqlConnection, tenant: &str) -> ConnectionProbe {
+        let (in_transaction, own_rows, foreign_rows): (i64, i64, i64) = sqlx::query_as(
+            "SELECT CAST(@@in_transaction AS SIGNED), \
+             CAST(COALESCE(SUM(tenant = ?), 0) AS SIGNED), \
+             CAST(COALESCE(SUM(tenant <> ?), 0) AS SIGNED) FROM items",
+        )
+        .bind(tenant)
+        .bind(tenant)
+        .fetch_one(conn)
+        .await
+        .unwrap();
+        ConnectionProbe {
+            in_transaction: in_transaction != 0,
+            own_rows,
+            foreign_rows,
+        }
+    }
+}
+
+impl SoakBackend for SqliteLocator {
+    const ID_COLUMN: &'static str = "INTEGER PRIMARY KEY";
+
+    async fn create_database(pools: &SqliteTenantPools, tenant: &TenantIdentifier) {
+        pools.create_tenant_database(tenant, None).await.unwrap();
+    }
+
+    async fn probe(conn: &mut SqliteConnection, tenant: &str) -> ConnectionProbe {
+        // Outside any transaction, and not holding the file's write lock either.
+        let in_transaction = sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .is_err();
+        let (own_rows, foreign_rows) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE tenant = $1), count(*) FILTER (WHERE tenant <> $1) \
+             FROM items",
+        )
+        .bind(tenant)
+        .fetch_one(conn)
+        .await
+        .unwrap();
+        ConnectionProbe {
+            in_transaction,
+            own_rows,
+            foreign_rows,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_postgres_database_per_tenant() {
+    let databases = TenantDatabases::new(Server::Postgres);
+    let locator = PgDatabaseLocator::from_url(&postgres_server_url(), &databases.prefix).unwrap();
+    let pools = PgTenantPools::new(locator, tenant_pool_settings());
+    soak_database_per_tenant(
+        "postgres-database",
+        pools,
+        postgres_requests,
+        Some(&databases),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_mariadb_database_per_tenant() {
+    let databases = TenantDatabases::new(Server::Mysql);
+    let locator = MySqlDatabaseLocator::from_url(&mysql_server_url(), &databases.prefix).unwrap();
+    let pools = MySqlTenantPools::new(locator, tenant_pool_settings());
+    soak_database_per_tenant("mariadb-database", pools, mysql_requests, Some(&databases)).await;
+}
 
 /// A fresh directory under the system temp dir, removed when dropped.
 struct TempDir(std::path::PathBuf);
@@ -643,67 +1023,10 @@ impl Drop for TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_sqlite_database_per_tenant() {
-    let (seed, requests) = (seed(), requests());
     let dir = TempDir(std::env::temp_dir().join(unique_name("tenancy_soak_sqlite")));
-    let settings = TenantPoolSettings {
-        connection_budget: POOL_SIZE,
-        max_connections_per_tenant: 2,
-        acquire_timeout: Duration::from_secs(60),
-        ..TenantPoolSettings::default()
-    };
     let locator = SqliteLocator::new(&dir.0, "tenant_")
         .unwrap()
         .with_busy_timeout(Duration::from_secs(10));
-    let pools = SqliteTenantPools::new(locator, settings.clone());
-    let tenants = soak_tenants();
-    for tenant in &tenants {
-        pools
-            .create_tenant_database(&tenant.identifier, None)
-            .await
-            .unwrap();
-        let mut conn = pools.acquire(&tenant.identifier).await.unwrap();
-        let rows = vec![format!("('{}')", tenant.identifier); INITIAL_ROWS].join(", ");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE items (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL);
-             INSERT INTO items (tenant) VALUES {rows};"
-        )))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    }
-
-    let isolation = isolation_extension(pools.clone());
-    let request: Request = Arc::new(move |tenant, plan| {
-        Box::pin(sqlite_request(Arc::clone(&isolation), tenant, plan))
-    });
-    let tally = drive("sqlite-database", seed, requests, request).await;
-    assert_sound(&tally, requests);
-
-    // Every connection came back; each tenant's connections are outside any transaction and
-    // none holds its file's write lock (BEGIN IMMEDIATE succeeds on each in turn); no file
-    // holds another tenant's rows.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while pools.metrics().checked_out > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(pools.metrics().checked_out, 0);
-    for tenant in &tenants {
-        let mut held = Vec::new();
-        for _ in 0..settings.max_connections_per_tenant {
-            let mut conn = pools.acquire(&tenant.identifier).await.unwrap();
-            sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK")
-                .execute(&mut *conn)
-                .await
-                .unwrap_or_else(|error| {
-                    panic!("{}: connection not clean: {error}", tenant.identifier)
-                });
-            held.push(conn);
-        }
-        let foreign: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE tenant <> $1")
-            .bind(tenant.identifier.as_str())
-            .fetch_one(&mut *held[0])
-            .await
-            .unwrap();
-        assert_eq!(foreign, 0, "foreign rows stored for {}", tenant.identifier);
-    }
+    let pools = SqliteTenantPools::new(locator, tenant_pool_settings());
+    soak_database_per_tenant("sqlite-database", pools, sqlite_requests, None).await;
 }
