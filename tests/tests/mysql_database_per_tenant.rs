@@ -461,7 +461,9 @@ async fn provisioning_migrates_once_and_purge_removes_the_database() {
     );
     assert!(
         first.is_success() && second.is_success(),
-        "{first}\n{second}"
+        "{first}\n{second}\n{:?}\n{:?}",
+        first.tenants,
+        second.tenants
     );
     let applied: usize = [&first, &second]
         .iter()

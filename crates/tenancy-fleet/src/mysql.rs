@@ -228,8 +228,18 @@ impl MigrationTarget for MySqlDatabaseTarget {
                 })?
             }
         };
+        // Read without the lock, a ledger entry not yet marked successful may be another run's
+        // migration in progress (MariaDB cannot apply DDL atomically with its ledger row), so
+        // anything but "nothing pending" is decided under the lock.
         let outcome = match read_ledger(&mut conn).await {
-            Ok(ledger) if self.migrations.pending_after(&ledger)?.is_empty() => Ok(Vec::new()),
+            Ok(ledger)
+                if self
+                    .migrations
+                    .pending_after(&ledger)
+                    .is_ok_and(|pending| pending.is_empty()) =>
+            {
+                Ok(Vec::new())
+            }
             Ok(_) => self.migrate_locked(&mut conn, identifier).await,
             Err(error) => Err(error.into()),
         };
