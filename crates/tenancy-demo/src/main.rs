@@ -9,6 +9,7 @@ mod admin;
 mod backend;
 mod orders;
 mod settings;
+mod shutdown;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -108,31 +109,12 @@ async fn run() -> Result<(), StartupError> {
         listener,
         service.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(async {
+        shutdown::signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
     .await
     .map_err(StartupError::Serve)?;
     tracing::info!("tenancy-demo stopped");
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish before the server exits.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -16,6 +16,9 @@
 //!
 //! The table and index are created at start-up if missing; the data is loaded by the caller.
 
+#[path = "../shutdown.rs"]
+mod shutdown;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -203,30 +206,9 @@ async fn run() -> Result<(), BaselineError> {
         .map_err(|source| BaselineError::Bind { addr, source })?;
     eprintln!("tenancy-demo-baseline listening on {addr}");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown::signal())
         .await
         .map_err(BaselineError::Serve)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }
 
 #[tokio::main]
