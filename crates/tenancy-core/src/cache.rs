@@ -13,7 +13,8 @@
 //! When a shard is full the entry closest to expiry is dropped, so short-lived "not found"
 //! entries go before known tenants.
 //!
-//! Keys are hashed with `foldhash` (fast, randomly seeded, not cryptographic): a shard holds
+//! Keys are hashed once per lookup with `foldhash` (fast, randomly seeded, not cryptographic):
+//! bits of the hash pick the shard and the same hash finds the slot inside it. A shard holds
 //! at most `max_entries / shards` keys, so even a crafted set of colliding keys only makes
 //! that one shard's lookups linear in a bounded number of entries. Expiry is read from a
 //! `quanta` clock (TSC-based where reliable), a few nanoseconds instead of a system call.
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 use quanta::{Clock, Instant};
 use tokio::sync::OnceCell;
 
@@ -96,15 +98,21 @@ const LONGEST_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const ENTRIES_PER_SHARD: u64 = 128;
 const MAX_SHARDS: u64 = 256;
 
-/// One cached answer and when it stops being served.
+/// The shard is picked by the key's hash shifted right this far. `hashbrown` places a key in
+/// its table by the low bits of the hash and tags it with the top seven, so the keys of one
+/// shard still spread over the shard's slots.
+const SHARD_HASH_SHIFT: u32 = 32;
+
+/// One cached answer, its key, and when it stops being served.
 #[derive(Clone)]
 struct Entry {
+    key: Arc<str>,
     lookup: Lookup,
     expires_at: Instant,
 }
 
-/// An immutable snapshot of one shard.
-type ShardMap = HashMap<Arc<str>, Entry, RandomState>;
+/// An immutable snapshot of one shard, its entries found by the hash of their key.
+type ShardMap = HashTable<Entry>;
 
 /// A registry query in flight, shared by every caller that missed the same key meanwhile.
 type Load = OnceCell<Result<Lookup, Arc<StoreError>>>;
@@ -119,8 +127,8 @@ struct Shard {
 /// The cache of one kind of key (identifiers, or custom domains).
 struct Table {
     shards: Box<[Shard]>,
-    /// Picks the shard; seeded apart from the maps' own hashers so keys spread inside a shard.
-    shard_hasher: RandomState,
+    /// Hashes each key once per lookup, for both the shard and the slot inside it.
+    hasher: RandomState,
     in_flight: Mutex<HashMap<Arc<str>, Arc<Load>>>,
     /// Bumped by every invalidation; a query that started before one is not cached.
     generation: AtomicU64,
@@ -150,7 +158,7 @@ impl Table {
             .collect();
         Self {
             shards,
-            shard_hasher: RandomState::default(),
+            hasher: RandomState::default(),
             in_flight: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             clock: Clock::new(),
@@ -159,18 +167,32 @@ impl Table {
         }
     }
 
-    fn shard(&self, key: &str) -> &Shard {
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The hash of `key` and the shard that holds it.
+    fn locate(&self, key: &str) -> (u64, &Shard) {
+        let hash = self.hash(key);
         let mask = self.shards.len() - 1;
-        // Truncating the hash is intended: only its low bits pick the shard.
-        let index = self.shard_hasher.hash_one(key) as usize & mask;
-        &self.shards[index]
+        // Truncating is intended: only the low bits of the shifted hash pick the shard.
+        let index = (hash >> SHARD_HASH_SHIFT) as usize & mask;
+        (hash, &self.shards[index])
     }
 
     /// The unexpired cached answer for `key`, without locking or writing shared memory.
     fn peek(&self, key: &str) -> Option<Lookup> {
-        let snapshot = self.shard(key).snapshot.load();
-        let entry = snapshot.get(key)?;
+        let (hash, shard) = self.locate(key);
+        let snapshot = shard.snapshot.load();
+        let entry = snapshot.find(hash, |entry| *entry.key == *key)?;
         (entry.expires_at > self.clock.now()).then(|| entry.lookup.clone())
+    }
+
+    /// Removes the entry of `key` (whose hash is `hash`) from `map`, if there is one.
+    fn remove(map: &mut ShardMap, hash: u64, key: &str) {
+        if let Ok(found) = map.find_entry(hash, |entry| *entry.key == *key) {
+            found.remove();
+        }
     }
 
     /// The cached answer, else the answer of `query`, run once for all concurrent misses.
@@ -227,7 +249,7 @@ impl Table {
 
     /// Caches `lookup` unless an invalidation happened since `generation` was read.
     fn insert(&self, key: &str, lookup: Lookup, generation: u64) {
-        let shard = self.shard(key);
+        let (hash, shard) = self.locate(key);
         if shard.capacity == 0 {
             return;
         }
@@ -242,38 +264,40 @@ impl Table {
             self.negative_ttl
         };
         let mut next = ShardMap::clone(&shard.snapshot.load());
-        next.retain(|cached, entry| entry.expires_at > now && **cached != *key);
+        next.retain(|entry| entry.expires_at > now && *entry.key != *key);
         while next.len() >= shard.capacity {
             let Some(closest) = next
                 .iter()
-                .min_by_key(|(_, entry)| entry.expires_at)
-                .map(|(cached, _)| cached.clone())
+                .min_by_key(|entry| entry.expires_at)
+                .map(|entry| entry.key.clone())
             else {
                 break;
             };
-            next.remove(&closest);
+            Self::remove(&mut next, self.hash(&closest), &closest);
         }
-        next.insert(
-            Arc::from(key),
+        next.insert_unique(
+            hash,
             Entry {
+                key: Arc::from(key),
                 lookup,
                 // Lifetimes are capped far below the clock's range; an overflow would mean
                 // "expired", never "forever".
                 expires_at: now.checked_add(lifetime).unwrap_or(now),
             },
+            |entry| self.hash(&entry.key),
         );
         shard.snapshot.store(Arc::new(next));
     }
 
     /// Forgets every entry `forget` selects, and every query in flight for a key it selects.
-    fn invalidate_where(&self, forget: impl Fn(&str, &Entry) -> bool) {
+    fn invalidate_where(&self, forget: impl Fn(&Entry) -> bool) {
         for shard in &self.shards {
             let _writer = lock(&shard.writer);
             self.generation.fetch_add(1, Ordering::AcqRel);
             let current = shard.snapshot.load();
-            if current.iter().any(|(key, entry)| forget(key, entry)) {
+            if current.iter().any(&forget) {
                 let mut next = ShardMap::clone(&current);
-                next.retain(|key, entry| !forget(key, entry));
+                next.retain(|entry| !forget(entry));
                 shard.snapshot.store(Arc::new(next));
             }
         }
@@ -282,13 +306,13 @@ impl Table {
     /// Forgets `key` and any query in flight for it.
     fn invalidate(&self, key: &str) {
         lock(&self.in_flight).remove(key);
-        let shard = self.shard(key);
+        let (hash, shard) = self.locate(key);
         let _writer = lock(&shard.writer);
         self.generation.fetch_add(1, Ordering::AcqRel);
         let current = shard.snapshot.load();
-        if current.contains_key(key) {
+        if current.find(hash, |entry| *entry.key == *key).is_some() {
             let mut next = ShardMap::clone(&current);
-            next.remove(key);
+            Self::remove(&mut next, hash, key);
             shard.snapshot.store(Arc::new(next));
         }
     }
@@ -411,7 +435,7 @@ impl TenantCache {
     pub async fn invalidate(&self, identifier: &TenantIdentifier) {
         self.inner.by_identifier.invalidate(identifier.as_str());
         lock(&self.inner.by_domain.in_flight).clear();
-        self.inner.by_domain.invalidate_where(|_, entry| {
+        self.inner.by_domain.invalidate_where(|entry| {
             entry
                 .lookup
                 .as_ref()
