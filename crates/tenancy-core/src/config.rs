@@ -641,7 +641,7 @@ pub struct TenancyConfig {
     /// protects plain (non-tenant) use of the runtime pool from session-level `SET`s that user
     /// code ran in a tenant transaction. Default: true.
     pub pool_reset_on_release: bool,
-    /// Connections all tenant pools together may hold; at least
+    /// Connections all tenant pools together may have open, idle ones included; at least
     /// `tenant_pool_max_connections`. Default: 50.
     pub connection_budget: u32,
     /// Size of each tenant pool (database-per-tenant), at least 1. Default: 5.

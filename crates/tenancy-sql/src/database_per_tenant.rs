@@ -21,29 +21,31 @@
 //!
 //! # Connection budget
 //!
-//! Every checked-out tenant connection holds one permit of a semaphore of
-//! [`TenantPoolSettings::connection_budget`] permits, so at most that many tenant connections are
-//! in use at once, whatever the number of tenants. A caller finding the budget spent waits up to
-//! [`TenantPoolSettings::acquire_timeout`], then gets [`IsolationError::BudgetExhausted`] (an HTTP
-//! 503), never the server's "too many connections".
+//! Every open tenant connection, checked out or idle, holds one permit of a semaphore of
+//! [`TenantPoolSettings::connection_budget`] permits, so the connections open on the servers
+//! never exceed the budget, whatever the number of tenants. A pool takes a permit before it may
+//! open a connection and keeps it while the connection lives; permits of connections the pool
+//! has since closed (after [`TenantPoolSettings::connection_idle_timeout`], or broken ones) are
+//! given back the next time the pool's count is checked, and an evicted pool gives all of its
+//! permits back once its connections are closed.
 //!
-//! Idle connections (returned to their pool, not in use) hold no permit. They are kept small:
-//! pools open connections only on demand (`min_connections(0)`), close them after
-//! [`TenantPoolSettings::connection_idle_timeout`], close all of them when the pool is evicted,
-//! and a connection released while another caller waits for the budget is closed instead of
-//! kept idle. The connections open on the server are therefore at most the budget plus the idle
-//! ones, and the idle ones are at most `max_cached_pools × max_connections_per_tenant` and
-//! none once the budget is contended. Size the server's connection limit with that headroom.
+//! A caller that needs a new connection while the budget is spent reclaims one: it closes an
+//! idle connection of another tenant's pool and takes its permit. While callers wait, a
+//! connection released by a request is closed at once (its permit goes to the first waiter)
+//! instead of being kept idle. A caller still without a permit after
+//! [`TenantPoolSettings::acquire_timeout`] gets [`IsolationError::BudgetExhausted`] (an HTTP
+//! 503), never the server's "too many connections". A server may list a closed connection for a
+//! moment after the client let go of it.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
-use sqlx::pool::PoolOptions;
+use sqlx::pool::{PoolConnection, PoolOptions};
 use sqlx::{Connection, Database, Pool, SqlSafeStr};
 use tenancy_core::{IsolationMode, TenancyConfig, Tenant, TenantIdentifier};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -94,7 +96,7 @@ pub trait DatabaseLocator: Send + Sync + 'static {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantPoolSettings {
-    /// Connections all tenant pools together may have checked out at once.
+    /// Connections all tenant pools together may have open at once, idle ones included.
     pub connection_budget: u32,
     /// Connections one tenant's pool may have checked out at once (at least 1).
     pub max_connections_per_tenant: u32,
@@ -141,6 +143,9 @@ impl Default for TenantPoolSettings {
 pub struct PoolMetrics {
     /// Tenant connections checked out now.
     pub checked_out: usize,
+    /// Budget permits held for open tenant connections, idle ones and those of evicted pools
+    /// still closing included: an upper bound of the tenant connections open on the servers.
+    pub open_connections: usize,
     /// The most tenant connections ever checked out at once.
     pub peak_checked_out: usize,
     /// Tenant pools in the cache (approximate until pending evictions ran).
@@ -154,18 +159,23 @@ pub struct PoolMetrics {
 #[derive(Debug)]
 struct Shared {
     budget: Arc<Semaphore>,
+    connection_budget: usize,
     budget_waiters: AtomicUsize,
+    /// Held by the one caller scanning the pools for idle connections to reclaim.
+    reclaim_scan: tokio::sync::Mutex<()>,
     checked_out: AtomicUsize,
     peak_checked_out: AtomicUsize,
     pools_opened: AtomicU64,
     pools_closed: AtomicU64,
 }
 
-/// One cached tenant pool and the slots bounding its checked-out connections.
+/// One cached tenant pool, the slots bounding its checked-out connections and the budget
+/// permits of its open connections.
 #[derive(Debug)]
 struct TenantPool<DB: Database> {
     pool: Pool<DB>,
     slots: Arc<Semaphore>,
+    open: Arc<Mutex<OpenConnections>>,
 }
 
 impl<DB: Database> Clone for TenantPool<DB> {
@@ -173,9 +183,85 @@ impl<DB: Database> Clone for TenantPool<DB> {
         Self {
             pool: self.pool.clone(),
             slots: self.slots.clone(),
+            open: self.open.clone(),
         }
     }
 }
+
+/// The budget permits one tenant pool holds: at least one per connection the pool has open or
+/// may be opening right now.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    permits: Vec<OwnedSemaphorePermit>,
+    /// Checkouts in progress that were given a permit and may open a connection; sqlx's count
+    /// of the pool's connections may not include theirs yet.
+    opening: usize,
+}
+
+impl<DB: Database> TenantPool<DB> {
+    fn open_connections(&self) -> std::sync::MutexGuard<'_, OpenConnections> {
+        // The counts stay consistent whatever a panicking holder did: every change is one step.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives back the permits of connections the pool has closed since the last check.
+    fn release_unused_permits(&self) {
+        let mut open = self.open_connections();
+        let needed = self.pool.size() as usize + open.opening;
+        open.permits.truncate(needed);
+    }
+
+    /// Checks out a connection with `permit` paying for it in case the pool opens a new one.
+    /// An unused permit goes back to the budget when the checkout ends, however it ends.
+    async fn acquire_with(
+        &self,
+        permit: OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Result<Result<PoolConnection<DB>, sqlx::Error>, tokio::time::error::Elapsed> {
+        {
+            let mut open = self.open_connections();
+            open.permits.push(permit);
+            open.opening += 1;
+        }
+        let _opening = Opening(self);
+        tokio::time::timeout_at(deadline, self.pool.acquire()).await
+    }
+
+    /// Closes one of the pool's idle connections, if it has one, and gives its permit back.
+    async fn close_idle_connection(&self) -> bool {
+        let Some(conn) = self.pool.try_acquire() else {
+            return false;
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+        self.release_unused_permits();
+        true
+    }
+}
+
+/// Room for one more checkout from a tenant's pool.
+enum Capacity<DB: Database> {
+    /// An idle connection of the pool, already open and paid for.
+    Idle(PoolConnection<DB>),
+    /// A budget permit for a new connection.
+    Permit(OwnedSemaphorePermit),
+}
+
+/// A checkout in progress on a pool, counted in [`OpenConnections::opening`] while it lives.
+struct Opening<'a, DB: Database>(&'a TenantPool<DB>);
+
+impl<DB: Database> Drop for Opening<'_, DB> {
+    fn drop(&mut self) {
+        self.0.open_connections().opening -= 1;
+        self.0.release_unused_permits();
+    }
+}
+
+/// How long closing a connection may take before it is dropped without a goodbye.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a caller waiting for the budget looks for idle connections to reclaim again (pools
+/// close idle connections on their own, and others may have gone idle since).
+const RECLAIM_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A cache of one pool per tenant database under a global connection budget; see the
 /// [module documentation](self).
@@ -213,7 +299,9 @@ impl<L: DatabaseLocator> TenantPools<L> {
     pub fn new(locator: L, settings: TenantPoolSettings) -> Self {
         let shared = Arc::new(Shared {
             budget: Arc::new(Semaphore::new(settings.connection_budget as usize)),
+            connection_budget: settings.connection_budget as usize,
             budget_waiters: AtomicUsize::new(0),
+            reclaim_scan: tokio::sync::Mutex::new(()),
             checked_out: AtomicUsize::new(0),
             peak_checked_out: AtomicUsize::new(0),
             pools_opened: AtomicU64::new(0),
@@ -225,7 +313,7 @@ impl<L: DatabaseLocator> TenantPools<L> {
             .time_to_idle(settings.pool_idle_expiry)
             .eviction_policy(EvictionPolicy::lru())
             .eviction_listener(move |_tenant, evicted: TenantPool<L::Database>, _cause| {
-                close_in_background(evicted.pool, on_evict.clone());
+                close_in_background(evicted, on_evict.clone());
             })
             .build();
         Self {
@@ -250,6 +338,8 @@ impl<L: DatabaseLocator> TenantPools<L> {
     pub fn metrics(&self) -> PoolMetrics {
         PoolMetrics {
             checked_out: self.shared.checked_out.load(Ordering::Acquire),
+            open_connections: self.shared.connection_budget
+                - self.shared.budget.available_permits(),
             peak_checked_out: self.shared.peak_checked_out.load(Ordering::Acquire),
             cached_pools: self.cache.entry_count(),
             pools_opened: self.shared.pools_opened.load(Ordering::Acquire),
@@ -277,31 +367,29 @@ impl<L: DatabaseLocator> TenantPools<L> {
             identifier: tenant.clone(),
             waited: started.elapsed(),
         };
-        let mut budget_slot = None;
         // A pool evicted between lookup and checkout is closed; under heavy eviction churn that
         // can happen more than once, so retry with a fresh pool until the deadline.
-        let (conn, tenant_slot, budget_slot) = loop {
+        let (conn, tenant_slot, entry) = loop {
             let entry = self.pool_for(tenant).await?;
             let tenant_slot =
                 tokio::time::timeout_at(deadline, entry.slots.clone().acquire_owned())
                     .await
                     .map_err(|_| busy())?
                     .map_err(|_| IsolationError::Unavailable(sqlx::Error::PoolClosed))?;
-            let budget = match budget_slot.take() {
-                Some(permit) => permit,
-                None => self.acquire_budget(deadline, started).await?,
+            let permit = match self.capacity(&entry, tenant, deadline, started).await? {
+                Capacity::Idle(conn) => break (conn, tenant_slot, entry),
+                Capacity::Permit(permit) => permit,
             };
-            match tokio::time::timeout_at(deadline, entry.pool.acquire()).await {
+            match entry.acquire_with(permit, deadline).await {
                 Err(_) | Ok(Err(sqlx::Error::PoolTimedOut)) => return Err(busy()),
-                Ok(Ok(conn)) => break (conn, tenant_slot, budget),
+                Ok(Ok(conn)) => break (conn, tenant_slot, entry),
                 Ok(Err(sqlx::Error::PoolClosed)) if Instant::now() < deadline => {
-                    budget_slot = Some(budget);
                     tokio::task::yield_now().await;
                 }
                 Ok(Err(other)) => return Err(self.locator.acquire_error(tenant, other)),
             }
         };
-        let permits = ConnectionPermits::new(self.shared.clone(), budget_slot, tenant_slot);
+        let permits = ConnectionPermits::new(self.shared.clone(), entry, tenant_slot);
         Ok(TenantConnection::new(conn, tenant.clone(), Some(permits)))
     }
 
@@ -338,24 +426,73 @@ impl<L: DatabaseLocator> TenantPools<L> {
     pub async fn evict(&self, tenant: &TenantIdentifier) {
         if let Some(evicted) = self.cache.remove(tenant).await {
             evicted.pool.close().await;
+            evicted.release_unused_permits();
         }
     }
 
-    async fn acquire_budget(
+    /// Room for one more checkout from `entry`, `tenant`'s pool: an idle connection of the
+    /// pool, or else a budget permit for a new connection: a free one, one reclaimed from
+    /// another tenant's idle connection, or the first one given back within the deadline.
+    async fn capacity(
         &self,
+        entry: &TenantPool<L::Database>,
+        tenant: &TenantIdentifier,
         deadline: Instant,
         started: Instant,
-    ) -> Result<OwnedSemaphorePermit, IsolationError> {
+    ) -> Result<Capacity<L::Database>, IsolationError> {
+        if let Some(conn) = entry.pool.try_acquire() {
+            return Ok(Capacity::Idle(conn));
+        }
         if let Ok(permit) = self.shared.budget.clone().try_acquire_owned() {
-            return Ok(permit);
+            return Ok(Capacity::Permit(permit));
         }
         let _waiting = WaiterCount::enter(&self.shared.budget_waiters);
-        tokio::time::timeout_at(deadline, self.shared.budget.clone().acquire_owned())
-            .await
-            .map_err(|_| IsolationError::BudgetExhausted {
-                waited: started.elapsed(),
-            })?
-            .map_err(|_| IsolationError::Unavailable(sqlx::Error::PoolClosed))
+        // Polled first, so this caller is in the semaphore's queue before it reclaims anything.
+        let given_back = self.shared.budget.clone().acquire_owned();
+        tokio::pin!(given_back);
+        let mut next_look = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                permit = &mut given_back => {
+                    return permit
+                        .map(Capacity::Permit)
+                        .map_err(|_| IsolationError::Unavailable(sqlx::Error::PoolClosed));
+                }
+                () = tokio::time::sleep_until(next_look) => {}
+            }
+            // A connection of this tenant released since the last look serves as well.
+            if let Some(conn) = entry.pool.try_acquire() {
+                return Ok(Capacity::Idle(conn));
+            }
+            if Instant::now() >= deadline {
+                return Err(IsolationError::BudgetExhausted {
+                    waited: started.elapsed(),
+                });
+            }
+            self.reclaim_idle_connections(tenant).await;
+            next_look = (Instant::now() + RECLAIM_INTERVAL).min(deadline);
+        }
+    }
+
+    /// Gives back the permits of connections the pools closed on their own, and closes idle
+    /// connections of tenants other than `tenant`, one per caller waiting for the budget, so
+    /// their permits go to the waiters. One caller scans at a time.
+    async fn reclaim_idle_connections(&self, tenant: &TenantIdentifier) {
+        let Ok(_scanning) = self.shared.reclaim_scan.try_lock() else {
+            return;
+        };
+        let wanted = self.shared.budget_waiters.load(Ordering::Acquire).max(1);
+        let mut idle = Vec::new();
+        for (owner, entry) in &self.cache {
+            entry.release_unused_permits();
+            if idle.len() < wanted && *owner != *tenant && entry.pool.num_idle() > 0 {
+                idle.push(entry);
+            }
+        }
+        for entry in idle {
+            entry.close_idle_connection().await;
+        }
     }
 
     async fn pool_for(
@@ -383,16 +520,20 @@ impl<L: DatabaseLocator> TenantPools<L> {
                 TenantPool {
                     pool,
                     slots: Arc::new(Semaphore::new(max as usize)),
+                    open: Arc::default(),
                 }
             })
             .await)
     }
 }
 
-fn close_in_background<DB: Database>(pool: Pool<DB>, shared: Arc<Shared>) {
+/// Closes an evicted pool once its checked-out connections are back, and gives its budget
+/// permits back.
+fn close_in_background<DB: Database>(evicted: TenantPool<DB>, shared: Arc<Shared>) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            pool.close().await;
+            evicted.pool.close().await;
+            evicted.release_unused_permits();
             shared.pools_closed.fetch_add(1, Ordering::AcqRel);
         });
     }
@@ -414,38 +555,44 @@ impl Drop for WaiterCount<'_> {
     }
 }
 
-/// The permits a checked-out tenant connection holds: one of the global budget and one of its
-/// tenant's slots. Counted in the metrics while alive.
-#[derive(Debug)]
-pub(crate) struct ConnectionPermits {
+/// What a checked-out tenant connection holds besides the connection: one of its tenant's
+/// slots, and its pool, whose budget permit pays for the connection. Counted in the metrics
+/// while alive.
+pub(crate) struct ConnectionPermits<DB: Database> {
     shared: Arc<Shared>,
-    _budget_slot: OwnedSemaphorePermit,
+    pool: TenantPool<DB>,
     _tenant_slot: OwnedSemaphorePermit,
 }
 
-impl ConnectionPermits {
-    fn new(
-        shared: Arc<Shared>,
-        budget_slot: OwnedSemaphorePermit,
-        tenant_slot: OwnedSemaphorePermit,
-    ) -> Self {
+impl<DB: Database> ConnectionPermits<DB> {
+    fn new(shared: Arc<Shared>, pool: TenantPool<DB>, tenant_slot: OwnedSemaphorePermit) -> Self {
         let now = shared.checked_out.fetch_add(1, Ordering::AcqRel) + 1;
         shared.peak_checked_out.fetch_max(now, Ordering::AcqRel);
         Self {
             shared,
-            _budget_slot: budget_slot,
+            pool,
             _tenant_slot: tenant_slot,
         }
     }
 
-    /// Whether other callers wait for the budget: a connection released now is closed rather
-    /// than kept idle, so idle connections do not crowd the server while the budget is spent.
-    pub(crate) fn budget_contended(&self) -> bool {
-        self.shared.budget_waiters.load(Ordering::Acquire) > 0
+    /// Hands `conn` back: to its pool, or, while other callers wait for the budget, closes it
+    /// and gives its permit to the first of them.
+    pub(crate) fn release(self, conn: PoolConnection<DB>) {
+        let contended = self.shared.budget_waiters.load(Ordering::Acquire) > 0;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if contended => {
+                let pool = self.pool.clone();
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
+                    pool.release_unused_permits();
+                });
+            }
+            _ => drop(conn),
+        }
     }
 }
 
-impl Drop for ConnectionPermits {
+impl<DB: Database> Drop for ConnectionPermits<DB> {
     fn drop(&mut self) {
         self.shared.checked_out.fetch_sub(1, Ordering::AcqRel);
     }

@@ -24,9 +24,10 @@ use crate::isolation_error::{IsolationError, connection_error};
 /// Derefs to the driver connection, so it runs queries as `&mut *conn`. Dropping it returns the
 /// connection to its pool (or closes it when other callers wait for the budget).
 pub struct TenantConnection<DB: Database> {
-    conn: PoolConnection<DB>,
+    /// Always `Some` until the drop hands it back.
+    conn: Option<PoolConnection<DB>>,
     tenant: TenantIdentifier,
-    permits: Option<ConnectionPermits>,
+    permits: Option<ConnectionPermits<DB>>,
     /// The tenant's concurrency slot on a shared pool; declared after `conn`, so it is given
     /// back once the connection is on its way back to the pool.
     #[cfg(feature = "postgres")]
@@ -37,10 +38,10 @@ impl<DB: Database> TenantConnection<DB> {
     pub(crate) fn new(
         conn: PoolConnection<DB>,
         tenant: TenantIdentifier,
-        permits: Option<ConnectionPermits>,
+        permits: Option<ConnectionPermits<DB>>,
     ) -> Self {
         Self {
-            conn,
+            conn: Some(conn),
             tenant,
             permits,
             #[cfg(feature = "postgres")]
@@ -62,18 +63,21 @@ impl<DB: Database> TenantConnection<DB> {
 
     /// Closes the connection when dropped instead of returning it to the pool.
     pub fn close_on_drop(&mut self) {
-        self.conn.close_on_drop();
+        self.pooled_mut().close_on_drop();
+    }
+
+    fn pooled_mut(&mut self) -> &mut PoolConnection<DB> {
+        self.conn.as_mut().expect(HANDED_BACK)
     }
 }
 
+/// The one way `TenantConnection::conn` is `None`: inside its drop.
+const HANDED_BACK: &str = "a tenant connection is handed back only when dropped";
+
 impl<DB: Database> Drop for TenantConnection<DB> {
     fn drop(&mut self) {
-        if self
-            .permits
-            .as_ref()
-            .is_some_and(ConnectionPermits::budget_contended)
-        {
-            self.conn.close_on_drop();
+        if let (Some(permits), Some(conn)) = (self.permits.take(), self.conn.take()) {
+            permits.release(conn);
         }
     }
 }
@@ -82,13 +86,13 @@ impl<DB: Database> Deref for TenantConnection<DB> {
     type Target = DB::Connection;
 
     fn deref(&self) -> &DB::Connection {
-        &self.conn
+        self.conn.as_ref().expect(HANDED_BACK)
     }
 }
 
 impl<DB: Database> DerefMut for TenantConnection<DB> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
-        &mut self.conn
+        self.pooled_mut()
     }
 }
 
