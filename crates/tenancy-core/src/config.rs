@@ -843,6 +843,13 @@ impl TenancyConfig {
     /// `TENANCY_` prefix (`app_variables`): those are left to it, without the warning given for
     /// unknown names.
     pub fn from_env_with_app_variables(app_variables: &[&str]) -> Result<Self, ConfigError> {
+        Self::from_env_over(Self::default(), app_variables)
+    }
+
+    /// Like [`Self::from_env_with_app_variables`], starting from `defaults` instead of
+    /// [`TenancyConfig::default`]: an application's own defaults, which the environment still
+    /// overrides; see [`Self::from_vars_over`].
+    pub fn from_env_over(defaults: Self, app_variables: &[&str]) -> Result<Self, ConfigError> {
         let mut problems = Problems::default();
         let mut vars = Vec::new();
         for (name, value) in std::env::vars_os() {
@@ -861,7 +868,7 @@ impl TenancyConfig {
                 }
             }
         }
-        Self::load(vars, problems)
+        Self::load(defaults, vars, problems)
     }
 
     /// Reads a configuration from `(name, value)` pairs, then validates it.
@@ -896,16 +903,39 @@ impl TenancyConfig {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        Self::load(vars, Problems::default())
+        Self::from_vars_over(Self::default(), vars)
     }
 
-    fn load<I, K, V>(vars: I, mut problems: Problems) -> Result<Self, ConfigError>
+    /// Like [`Self::from_vars`], starting from `defaults`: each variable set overrides its
+    /// field, the others keep the application's default. The result is validated as a whole.
+    ///
+    /// ```
+    /// use tenancy_core::config::TenancyConfig;
+    ///
+    /// let defaults = TenancyConfig::builder().pool_reset_on_release(false).build()?;
+    /// let config = TenancyConfig::from_vars_over(defaults.clone(), [("HOME", "/root")])?;
+    /// assert!(!config.pool_reset_on_release);
+    /// let config =
+    ///     TenancyConfig::from_vars_over(defaults, [("TENANCY_POOL_RESET_ON_RELEASE", "true")])?;
+    /// assert!(config.pool_reset_on_release);
+    /// # Ok::<(), tenancy_core::config::ConfigError>(())
+    /// ```
+    pub fn from_vars_over<I, K, V>(defaults: Self, vars: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let mut config = Self::default();
+        Self::load(defaults, vars, Problems::default())
+    }
+
+    fn load<I, K, V>(defaults: Self, vars: I, mut problems: Problems) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut config = defaults;
         for (name, value) in vars {
             let (name, value) = (name.as_ref(), value.as_ref().trim());
             if !name.starts_with(PREFIX) || value.is_empty() {

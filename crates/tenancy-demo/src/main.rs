@@ -41,12 +41,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), StartupError> {
     let settings = DemoSettings::from_env()?;
-    let mut config = TenancyConfig::from_env_with_app_variables(settings::VARIABLES)?;
-    // The demo's runtime pool serves tenant transactions only, so the release reset (which
-    // protects plain queries on that pool) would cost a round trip per request for nothing.
-    if std::env::var_os("TENANCY_POOL_RESET_ON_RELEASE").is_none() {
-        config.pool_reset_on_release = false;
-    }
+    let config = TenancyConfig::from_env_over(settings::tenancy_defaults(), settings::VARIABLES)?;
     let backend = backend::start(&config, &settings).await?;
     let tenancy = backend::tenancy_services(&config, backend.store.clone()).await?;
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tenancy::{ConfigError, Secret};
+use tenancy::{ConfigError, Secret, TenancyConfig};
 
 /// The demo's own variables, left out of `TenancyConfig`.
 pub const VARIABLES: &[&str] = &[
@@ -12,6 +12,18 @@ pub const VARIABLES: &[&str] = &[
     "TENANCY_DEMO_DATA_DIR",
     "TENANCY_ADMIN_TOKEN",
 ];
+
+/// The demo's defaults of the toolkit's settings, which `TENANCY_*` variables override.
+///
+/// The release reset is off: the demo's runtime pool serves tenant transactions only, which
+/// scope themselves transaction-locally, so the reset (which protects plain queries on that
+/// pool from session-level `SET`s) would cost a round trip per request for nothing.
+pub fn tenancy_defaults() -> TenancyConfig {
+    TenancyConfig {
+        pool_reset_on_release: false,
+        ..TenancyConfig::default()
+    }
+}
 
 /// Where the demo listens and keeps its files, and the admin token.
 #[derive(Debug, Clone)]
@@ -115,5 +127,29 @@ impl StartupError {
             what,
             source: source.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_release_reset_is_off_unless_the_environment_turns_it_on() {
+        let unset = TenancyConfig::from_vars_over(tenancy_defaults(), [("HOME", "/root")]).unwrap();
+        assert!(!unset.pool_reset_on_release);
+        let on = TenancyConfig::from_vars_over(
+            tenancy_defaults(),
+            [("TENANCY_POOL_RESET_ON_RELEASE", "true")],
+        )
+        .unwrap();
+        assert!(on.pool_reset_on_release);
+        assert_eq!(
+            TenancyConfig {
+                pool_reset_on_release: true,
+                ..tenancy_defaults()
+            },
+            TenancyConfig::default()
+        );
     }
 }
