@@ -14,11 +14,17 @@
 //! tracing subscriber installed. Run: `cargo bench -p tenancy-benches --bench hot_path --
 //! --warm-up-time 1 --measurement-time 3`.
 //!
-//! Last measured medians on the 2-core machine shared with other builds (±30 % between runs):
-//! cache_hit 27–31 ns, bare_service 154–240 ns, bare_service_extension_insert 227–330 ns,
-//! layered_service 400–520 ns. Best of 5 interleaved runs of the same loop: layer cost
-//! 242 ns (392 − 150), of which ~70 ns is the extension insert; before the lock-free cache and
-//! the synchronous fast path it was 585 ns (753 − 168) with a 254–284 ns cache hit.
+//! Wall time on the 2-core machine shared with other builds varies by ±30 % and more between runs, so
+//! changes are judged by instruction counts first: `valgrind --tool=callgrind` on the bench
+//! binary with `--bench --profile-time 5 '^NAME$'`, the inclusive count of criterion's
+//! `Bencher::iter` divided by the calls of `request` made from it. Per iteration: bare_service
+//! 1,459, bare_service_extension_insert 2,247 (the extension's insert and drop: 788),
+//! layered_service 3,492, so the layer costs 2,033 instructions (2,122 before the cache hashed
+//! each key once and the fast path's helpers were inlined). Criterion medians of 6 runs at load
+//! average 2.2–4.9: cache_hit 24–43 ns, bare_service 161–244 ns,
+//! bare_service_extension_insert 226–353 ns, layered_service 386–718 ns, layer cost 208–475 ns
+//! (median 268 ns). Before the lock-free cache and the synchronous fast path the layer cost
+//! 585 ns (753 − 168) with a 254–284 ns cache hit.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
