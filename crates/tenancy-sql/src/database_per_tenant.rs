@@ -256,6 +256,9 @@ impl<DB: Database> Drop for Opening<'_, DB> {
     }
 }
 
+/// How long the check of a released connection may take before the connection is dropped.
+const RELEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long closing a connection may take before it is dropped without a goodbye.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -477,20 +480,26 @@ impl<L: DatabaseLocator> TenantPools<L> {
 
     /// Gives back the permits of connections the pools closed on their own, and closes idle
     /// connections of tenants other than `tenant`, one per caller waiting for the budget, so
-    /// their permits go to the waiters. One caller scans at a time.
+    /// their permits go to the waiters: first those of pools with more than one connection
+    /// open, then a tenant's last one. One caller scans at a time.
     async fn reclaim_idle_connections(&self, tenant: &TenantIdentifier) {
         let Ok(_scanning) = self.shared.reclaim_scan.try_lock() else {
             return;
         };
         let wanted = self.shared.budget_waiters.load(Ordering::Acquire).max(1);
-        let mut idle = Vec::new();
+        let (mut surplus, mut last) = (Vec::new(), Vec::new());
         for (owner, entry) in &self.cache {
             entry.release_unused_permits();
-            if idle.len() < wanted && *owner != *tenant && entry.pool.num_idle() > 0 {
-                idle.push(entry);
+            if surplus.len() >= wanted || *owner == *tenant || entry.pool.num_idle() == 0 {
+                continue;
+            }
+            if entry.pool.size() > 1 {
+                surplus.push(entry);
+            } else if last.len() < wanted {
+                last.push(entry);
             }
         }
-        for entry in idle {
+        for entry in surplus.into_iter().chain(last).take(wanted) {
             entry.close_idle_connection().await;
         }
     }
@@ -516,6 +525,14 @@ impl<L: DatabaseLocator> TenantPools<L> {
                     .idle_timeout(settings.connection_idle_timeout)
                     .acquire_timeout(settings.acquire_timeout)
                     .test_before_acquire(false)
+                    .after_release(|conn, _| {
+                        Box::pin(async move {
+                            match tokio::time::timeout(RELEASE_CHECK_TIMEOUT, conn.ping()).await {
+                                Ok(checked) => checked.map(|()| true),
+                                Err(_) => Err(sqlx::Error::PoolTimedOut),
+                            }
+                        })
+                    })
                     .connect_lazy_with(options);
                 TenantPool {
                     pool,
@@ -575,12 +592,15 @@ impl<DB: Database> ConnectionPermits<DB> {
         }
     }
 
-    /// Hands `conn` back: to its pool, or, while other callers wait for the budget, closes it
-    /// and gives its permit to the first of them.
+    /// Hands `conn` back: to its pool, or, while other callers wait for the budget and the
+    /// pool has another connection open, closes it and gives its permit to the first of them.
+    /// A pool's last connection stays: the tenant keeps one warm connection, and waiters
+    /// reclaim idle ones (surplus ones first).
     pub(crate) fn release(self, conn: PoolConnection<DB>) {
-        let contended = self.shared.budget_waiters.load(Ordering::Acquire) > 0;
+        let surplus =
+            self.shared.budget_waiters.load(Ordering::Acquire) > 0 && self.pool.pool.size() > 1;
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if contended => {
+            Ok(runtime) if surplus => {
                 let pool = self.pool.clone();
                 runtime.spawn(async move {
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close()).await;
