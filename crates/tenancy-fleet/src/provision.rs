@@ -16,9 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tenancy_core::manager::Provisioner;
-use tenancy_core::{BoxError, IsolationMode, Tenant, quote_postgres_ident};
-
-use crate::target::MigrationTarget;
+use tenancy_core::{BoxError, IsolationMode, Tenant};
 
 #[cfg(feature = "mysql")]
 pub use self::mysql::MySqlDatabaseProvisioner;
@@ -28,7 +26,11 @@ pub use self::postgres::{PgDatabaseProvisioner, PgRlsProvisioner, PgSchemaProvis
 pub use self::sqlite::SqliteDatabaseProvisioner;
 
 /// Applies `target`'s migrations to `tenant`, turning a failure into the manager's error type.
-async fn migrate_tenant(target: &dyn MigrationTarget, tenant: &Tenant) -> Result<(), BoxError> {
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+async fn migrate_tenant(
+    target: &dyn crate::target::MigrationTarget,
+    tenant: &Tenant,
+) -> Result<(), BoxError> {
     target
         .apply(tenant)
         .await
@@ -38,7 +40,9 @@ async fn migrate_tenant(target: &dyn MigrationTarget, tenant: &Tenant) -> Result
 
 /// `GRANT`s giving `role` the DML it needs on everything in `schema` (both already validated or
 /// derived names; both quoted here).
+#[cfg(feature = "postgres")]
 pub(crate) fn schema_grants(schema: &str, role: &str) -> String {
+    use tenancy_core::quote_postgres_ident;
     let (schema, role) = (quote_postgres_ident(schema), quote_postgres_ident(role));
     format!(
         "GRANT USAGE ON SCHEMA {schema} TO {role}; \
@@ -360,6 +364,7 @@ mod tests {
         assert!(err.to_string().contains("'database'"), "{err}");
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn grants_quote_their_names() {
         let sql = schema_grants("tenant_acme", "app\"role");
