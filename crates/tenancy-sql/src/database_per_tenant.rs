@@ -30,9 +30,14 @@
 //! permits back once its connections are closed.
 //!
 //! A caller that needs a new connection while the budget is spent reclaims one: it closes an
-//! idle connection of another tenant's pool and takes its permit. While callers wait, a
-//! connection released by a request is closed at once (its permit goes to the first waiter)
-//! instead of being kept idle. A caller still without a permit after
+//! idle connection of another tenant's pool (of a pool with several open first, so tenants
+//! keep one warm connection where they can) and takes its permit. While callers wait, a
+//! connection released by a request whose pool has another one open is closed at once (its
+//! permit goes to the first waiter) instead of being kept idle.
+//!
+//! A released connection is checked (a ping, bounded by a timeout) before it goes back to its
+//! pool; one that does not answer, such as a connection left out of step by a cancelled
+//! command, is dropped instead. A caller still without a permit after
 //! [`TenantPoolSettings::acquire_timeout`] gets [`IsolationError::BudgetExhausted`] (an HTTP
 //! 503), never the server's "too many connections". A server may list a closed connection for a
 //! moment after the client let go of it.
