@@ -12,8 +12,8 @@ mod rls;
 
 pub use database::{PgDatabaseLocator, PgTenantPools};
 pub use isolation::{
-    DEFAULT_SCHEMA_PREFIX, DEFAULT_TENANT_COLUMN, DEFAULT_TENANT_SETTING, PgIsolation,
-    PgIsolationOptions, TenantSetting, is_stale_plan_error,
+    DEFAULT_SCHEMA_PREFIX, DEFAULT_TENANT_COLUMN, DEFAULT_TENANT_CONCURRENCY_WAIT,
+    DEFAULT_TENANT_SETTING, PgIsolation, PgIsolationOptions, TenantSetting, is_stale_plan_error,
 };
 pub use rls::{
     POLICY_NAME, RlsProblem, apply_rls_policy, audit_rls, grant_tenant_tables, rls_policy_sql,
