@@ -47,7 +47,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sqlx::Connection;
-use sqlx::pool::PoolOptions;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteSynchronous,
@@ -540,14 +539,8 @@ async fn pools_per_file(
     let settings = TenantPoolSettings::default();
     let mut pools = Vec::with_capacity(tenants.len());
     for tenant in tenants {
-        let pool = PoolOptions::new()
-            .max_connections(settings.max_connections_per_tenant)
-            .min_connections(0)
-            .idle_timeout(settings.connection_idle_timeout)
-            .acquire_timeout(settings.acquire_timeout)
-            .test_before_acquire(false)
-            .connect_lazy_with(counting_opens(locator.connect_options(tenant).await?));
-        pools.push(pool);
+        let options = counting_opens(locator.connect_options(tenant).await?);
+        pools.push(settings.pool_options().connect_lazy_with(options));
     }
     Ok(pools.into())
 }

@@ -135,6 +135,47 @@ impl TenantPoolSettings {
             connection_idle_timeout: Self::DEFAULT_CONNECTION_IDLE_TIMEOUT,
         }
     }
+
+    /// The sqlx options of one tenant's pool: at most
+    /// [`max_connections_per_tenant`](Self::max_connections_per_tenant) connections, opened on
+    /// demand, idle ones closed after [`connection_idle_timeout`](Self::connection_idle_timeout),
+    /// no ping before a checkout, and a released connection checked within 2 s before it goes
+    /// back (one that does not answer is dropped). [`TenantPools`] builds every tenant pool with
+    /// them and adds the budget on top.
+    ///
+    /// ```
+    /// use sqlx::Database;
+    /// use sqlx::pool::PoolOptions;
+    /// use tenancy_sql::database_per_tenant::TenantPoolSettings;
+    ///
+    /// fn like_a_tenant_pool<DB: Database>() -> PoolOptions<DB> {
+    ///     let options = TenantPoolSettings::default().pool_options::<DB>();
+    ///     assert_eq!(options.get_max_connections(), 5);
+    ///     assert!(!options.get_test_before_acquire());
+    ///     options
+    /// }
+    /// ```
+    pub fn pool_options<DB: Database>(&self) -> PoolOptions<DB> {
+        PoolOptions::<DB>::new()
+            .max_connections(self.tenant_pool_size())
+            .min_connections(0)
+            .idle_timeout(self.connection_idle_timeout)
+            .acquire_timeout(self.acquire_timeout)
+            .test_before_acquire(false)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    match tokio::time::timeout(RELEASE_CHECK_TIMEOUT, conn.ping()).await {
+                        Ok(checked) => checked.map(|()| true),
+                        Err(_) => Err(sqlx::Error::PoolTimedOut),
+                    }
+                })
+            })
+    }
+
+    /// Connections one tenant's pool may hold: `max_connections_per_tenant`, at least 1.
+    fn tenant_pool_size(&self) -> u32 {
+        self.max_connections_per_tenant.max(1)
+    }
 }
 
 impl Default for TenantPoolSettings {
@@ -523,25 +564,9 @@ impl<L: DatabaseLocator> TenantPools<L> {
             .cache
             .get_with_by_ref(tenant, async move {
                 shared.pools_opened.fetch_add(1, Ordering::AcqRel);
-                let max = settings.max_connections_per_tenant.max(1);
-                let pool = PoolOptions::<L::Database>::new()
-                    .max_connections(max)
-                    .min_connections(0)
-                    .idle_timeout(settings.connection_idle_timeout)
-                    .acquire_timeout(settings.acquire_timeout)
-                    .test_before_acquire(false)
-                    .after_release(|conn, _| {
-                        Box::pin(async move {
-                            match tokio::time::timeout(RELEASE_CHECK_TIMEOUT, conn.ping()).await {
-                                Ok(checked) => checked.map(|()| true),
-                                Err(_) => Err(sqlx::Error::PoolTimedOut),
-                            }
-                        })
-                    })
-                    .connect_lazy_with(options);
                 TenantPool {
-                    pool,
-                    slots: Arc::new(Semaphore::new(max as usize)),
+                    pool: settings.pool_options().connect_lazy_with(options),
+                    slots: Arc::new(Semaphore::new(settings.tenant_pool_size() as usize)),
                     open: Arc::default(),
                 }
             })
