@@ -18,11 +18,13 @@ use crate::isolation::TenantSlot;
 use crate::isolation_error::{IsolationError, connection_error};
 
 /// A pooled connection on loan to one tenant: a connection to the tenant's own database
-/// (database-per-tenant, holding a permit of the global connection budget until dropped) or
-/// to the shared database (schema/RLS isolation, scoped by the [`TenantTx`] opened on it).
+/// (database-per-tenant, paid for by a permit of the global connection budget while it is
+/// open) or to the shared database (schema/RLS isolation, scoped by the [`TenantTx`] opened
+/// on it).
 ///
 /// Derefs to the driver connection, so it runs queries as `&mut *conn`. Dropping it returns the
-/// connection to its pool (or closes it when other callers wait for the budget).
+/// connection to its pool (database-per-tenant: or closes it, when other callers wait for the
+/// budget and its pool has another connection open).
 pub struct TenantConnection<DB: Database> {
     /// Always `Some` until the drop hands it back.
     conn: Option<PoolConnection<DB>>,
