@@ -205,7 +205,6 @@ pub struct PoolMetrics {
 #[derive(Debug)]
 struct Shared {
     budget: Arc<Semaphore>,
-    connection_budget: usize,
     budget_waiters: AtomicUsize,
     /// Held by the one caller scanning the pools for idle connections to reclaim.
     reclaim_scan: tokio::sync::Mutex<()>,
@@ -348,7 +347,6 @@ impl<L: DatabaseLocator> TenantPools<L> {
     pub fn new(locator: L, settings: TenantPoolSettings) -> Self {
         let shared = Arc::new(Shared {
             budget: Arc::new(Semaphore::new(settings.connection_budget as usize)),
-            connection_budget: settings.connection_budget as usize,
             budget_waiters: AtomicUsize::new(0),
             reclaim_scan: tokio::sync::Mutex::new(()),
             checked_out: AtomicUsize::new(0),
@@ -387,7 +385,7 @@ impl<L: DatabaseLocator> TenantPools<L> {
     pub fn metrics(&self) -> PoolMetrics {
         PoolMetrics {
             checked_out: self.shared.checked_out.load(Ordering::Acquire),
-            open_connections: self.shared.connection_budget
+            open_connections: self.settings.connection_budget as usize
                 - self.shared.budget.available_permits(),
             peak_checked_out: self.shared.peak_checked_out.load(Ordering::Acquire),
             cached_pools: self.cache.entry_count(),
