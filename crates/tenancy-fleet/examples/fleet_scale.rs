@@ -17,35 +17,27 @@ use tenancy_fleet::{MigrateOptions, MigrationReport, TenantMigrations, migrate_a
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The command line.
+#[derive(clap::Parser)]
 struct Args {
+    /// Schema tenants to provision and migrate.
+    #[arg(long, default_value_t = 1_000)]
     tenants: usize,
+    /// Tenants migrated at once.
+    #[arg(long, default_value_t = MigrateOptions::new().max_concurrency())]
     concurrency: usize,
+    /// The PostgreSQL server, without a database.
+    #[arg(
+        long,
+        env = "TENANCY_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
     url: String,
-}
-
-fn parse_args() -> Result<Args, BoxError> {
-    let mut args = Args {
-        tenants: 1_000,
-        concurrency: MigrateOptions::new().max_concurrency(),
-        url: std::env::var("TENANCY_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned()),
-    };
-    let mut raw = std::env::args().skip(1);
-    while let Some(flag) = raw.next() {
-        let mut value = || raw.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--tenants" => args.tenants = value()?.parse()?,
-            "--concurrency" => args.concurrency = value()?.parse()?,
-            "--url" => args.url = value()?,
-            other => return Err(format!("unknown flag {other}").into()),
-        }
-    }
-    Ok(args)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();

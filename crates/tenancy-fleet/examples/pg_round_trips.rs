@@ -26,34 +26,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// requests) precede a startup message or replace it.
 const PROTOCOL_3_0: u32 = 196_608;
 
+/// The command line.
+#[derive(clap::Parser)]
 struct Args {
+    /// Where clients connect (instead of the server).
+    #[arg(long)]
     listen: SocketAddr,
+    /// Where a connection reads the totals so far (one line).
+    #[arg(long)]
     control: SocketAddr,
+    /// The PostgreSQL server.
+    #[arg(long, default_value = "127.0.0.1:5432")]
     upstream: SocketAddr,
-}
-
-fn parse_args() -> Result<Args, BoxError> {
-    let mut listen = None;
-    let mut control = None;
-    let mut upstream: SocketAddr = "127.0.0.1:5432".parse()?;
-    let mut raw = std::env::args().skip(1);
-    while let Some(flag) = raw.next() {
-        let value: SocketAddr = raw
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?
-            .parse()?;
-        match flag.as_str() {
-            "--listen" => listen = Some(value),
-            "--control" => control = Some(value),
-            "--upstream" => upstream = value,
-            other => return Err(format!("unknown flag {other}").into()),
-        }
-    }
-    Ok(Args {
-        listen: listen.ok_or("--listen is required")?,
-        control: control.ok_or("--control is required")?,
-        upstream,
-    })
 }
 
 /// Totals over every proxied connection.
@@ -171,7 +155,7 @@ async fn proxy(client: TcpStream, upstream: SocketAddr, counts: Arc<Counts>) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let counts = Arc::new(Counts::default());
     let listener = TcpListener::bind(args.listen).await?;
     let control = TcpListener::bind(args.control).await?;

@@ -38,46 +38,42 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const POOL_SIZE: u32 = 10;
 const READERS: usize = 32;
 
+/// The command line: sizes of the data and of the measurement, and where to connect.
+#[derive(clap::Parser)]
 struct Args {
+    /// Tenants, each with a schema and rows in the shared table.
+    #[arg(long, default_value_t = 1_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=9_999))]
     tenants: usize,
+    /// Orders per tenant.
+    #[arg(long, default_value_t = 20)]
     orders: usize,
+    /// Sequential reads per path.
+    #[arg(long, default_value_t = 5_000)]
     reads: usize,
+    /// Seconds of concurrent reads per path.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// The server requests read from (the runtime connections; may be a counting proxy).
+    #[arg(
+        long,
+        env = "TENANCY_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
     url: String,
-    admin_url: String,
+    /// The server the data is set up on (default: `--url`).
+    #[arg(long)]
+    admin_url: Option<String>,
+    /// The control address of a `pg_round_trips` proxy between `--url` and the server.
+    #[arg(long)]
     counter: Option<String>,
 }
 
-fn parse_args() -> Result<Args, BoxError> {
-    let server = std::env::var("TENANCY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-    let mut args = Args {
-        tenants: 1_000,
-        orders: 20,
-        reads: 5_000,
-        seconds: 5,
-        url: server.clone(),
-        admin_url: server,
-        counter: None,
-    };
-    let mut raw = std::env::args().skip(1);
-    while let Some(flag) = raw.next() {
-        let mut value = || raw.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--tenants" => args.tenants = value()?.parse()?,
-            "--orders" => args.orders = value()?.parse()?,
-            "--reads" => args.reads = value()?.parse()?,
-            "--seconds" => args.seconds = value()?.parse()?,
-            "--url" => args.url = value()?,
-            "--admin-url" => args.admin_url = value()?,
-            "--counter" => args.counter = Some(value()?),
-            other => return Err(format!("unknown flag {other}").into()),
-        }
+impl Args {
+    /// The server the data is set up on.
+    fn admin_url(&self) -> &str {
+        self.admin_url.as_deref().unwrap_or(&self.url)
     }
-    if args.tenants == 0 || args.tenants > 9_999 {
-        return Err("--tenants must be 1 to 9999".into());
-    }
-    Ok(args)
 }
 
 /// A xorshift generator: the tenant of each read, without a dependency.
@@ -160,13 +156,13 @@ async fn round_trips(counter: Option<&str>) -> Result<Option<u64>, BoxError> {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis();
     let database = format!("read_path_{}_{stamp}", std::process::id());
     let role = format!("{database}_app");
-    let mut admin = PgConnection::connect(&format!("{}/postgres", args.admin_url)).await?;
+    let mut admin = PgConnection::connect(&format!("{}/postgres", args.admin_url())).await?;
     // One statement per message: CREATE/DROP DATABASE refuse the implicit transaction of a
     // multi-statement message.
     for statement in [
@@ -328,7 +324,7 @@ async fn concurrent(
 /// Tenant schemas `tenant_<identifier>` with an `orders` table each, and the shared `orders`
 /// table under the RLS policy, both with `orders` rows per tenant; grants for the RLS role.
 async fn seed(args: &Args, database: &str, role: &str) -> Result<(), BoxError> {
-    let mut conn = PgConnection::connect(&format!("{}/{database}", args.admin_url)).await?;
+    let mut conn = PgConnection::connect(&format!("{}/{database}", args.admin_url())).await?;
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE TABLE public.orders (id BIGSERIAL PRIMARY KEY, tenant_id TEXT NOT NULL, \
              description TEXT NOT NULL); \

@@ -96,41 +96,25 @@ impl DatabaseLocator for CountingLocator {
 }
 
 /// The command line: sizes of the data and of the measurement.
+#[derive(clap::Parser)]
 struct Args {
+    /// Tenants, each with a file of its own.
+    #[arg(long, default_value_t = 1_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=9_999))]
     tenants: usize,
+    /// Orders per tenant.
+    #[arg(long, default_value_t = 20)]
     orders: usize,
+    /// Sequential reads per path, spread over the rounds.
+    #[arg(long, default_value_t = 5_000)]
     reads: usize,
+    /// Seconds of concurrent reads per path, spread over the rounds.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Interleaved rounds over all paths.
+    #[arg(long, default_value_t = 5,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     rounds: usize,
-}
-
-fn parse_args() -> Result<Args, BoxError> {
-    let mut args = Args {
-        tenants: 1_000,
-        orders: 20,
-        reads: 5_000,
-        seconds: 5,
-        rounds: 5,
-    };
-    let mut raw = std::env::args().skip(1);
-    while let Some(flag) = raw.next() {
-        let value = raw.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--tenants" => args.tenants = value.parse()?,
-            "--orders" => args.orders = value.parse()?,
-            "--reads" => args.reads = value.parse()?,
-            "--seconds" => args.seconds = value.parse()?,
-            "--rounds" => args.rounds = value.parse()?,
-            other => return Err(format!("unknown flag {other}").into()),
-        }
-    }
-    if !(1..=9_999).contains(&args.tenants) {
-        return Err("--tenants must be 1 to 9999".into());
-    }
-    if args.rounds == 0 || args.reads < args.rounds {
-        return Err("--rounds must be at least 1 and at most --reads".into());
-    }
-    Ok(args)
 }
 
 /// Picks the tenant of each read: SplitMix64, so runs repeat without a dependency.
@@ -280,7 +264,10 @@ impl Measurement {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
+    if args.reads < args.rounds {
+        return Err("--reads must be at least --rounds".into());
+    }
     let dir = std::env::temp_dir().join(format!("sqlite_read_path_{}", std::process::id()));
     tokio::fs::create_dir_all(&dir).await?;
     let result = run(&args, &dir).await;
