@@ -166,6 +166,7 @@ enum TxState {
 ///
 /// The scope cannot ride in the same write as the first query: sqlx's public API waits for each
 /// message's reply before sending the next, so pipelining would need a change in the driver.
+/// `scripts/bench-protocol` measures with pgbench what pipelining would buy on a server.
 pub struct TenantTx<DB: Database> {
     conn: TenantConnection<DB>,
     mode: IsolationMode,
