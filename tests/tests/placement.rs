@@ -1,6 +1,8 @@
 //! Tenants placed on several PostgreSQL servers (database-per-tenant): each request reaches the
 //! server of the tenant's placement, an unknown server is an error and never a fallback, and
-//! provisioning and fleet migrations reach the tenants of every server.
+//! provisioning and fleet migrations reach the tenants of every server, with the library's
+//! `PlacedPools` and through a `Deployment` (what the demo and the CLI run on), which refuses
+//! `TENANCY_DATABASE_SERVERS` where it cannot place tenants.
 //!
 //! Needs a second PostgreSQL server: `TENANCY_TEST_POSTGRES_SECOND_URL`, default
 //! `postgres://postgres@127.0.0.1:5433`, which `scripts/test` creates for the run.
@@ -9,15 +11,20 @@ use std::collections::BTreeMap;
 
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{Connection, PgConnection, SqlSafeStr};
+use tenancy::manager::{ManagerError, TenantManager};
 use tenancy::sql::placement::PlacedPools;
 use tenancy::sql::postgres::{PgDatabaseLocator, PgTenantPools};
 use tenancy::sql::{IsolationError, TenantIsolation, isolation_extension};
-use tenancy::{NewTenant, TenancyConfig, Tenant, TenantIdentifier, TenantStatus};
-use tenancy_fleet::{
-    ApplyFailure, MigrateOptions, MigrationTarget, TargetError, TenantOutcome, async_trait,
-    migrate_all,
+use tenancy::{
+    IsolationMode, ListQuery, NewTenant, TenancyConfig, TenancyConfigBuilder, Tenant,
+    TenantIdentifier, TenantStatus,
 };
-use tenancy_tests::{postgres_server_url, unique_name};
+use tenancy_fleet::deployment::{Deployment, DeploymentError, DeploymentMigrations, Isolation};
+use tenancy_fleet::{
+    ApplyFailure, MigrateOptions, MigrationTarget, TargetError, TenantMigrations, TenantOutcome,
+    async_trait, migrate_all,
+};
+use tenancy_tests::{TestDatabase, mysql_server_url, postgres_server_url, unique_name};
 
 /// The second PostgreSQL server.
 fn second_server_url() -> String {
@@ -419,4 +426,245 @@ async fn provisioning_and_migrations_reach_every_server() {
         databases.on(&second_server_url()).await,
         Vec::<String>::new()
     );
+}
+
+/// Tenant migrations creating `table_1` up to `table_<last>`.
+fn tenant_migrations(last: i64) -> TenantMigrations {
+    TenantMigrations::from_migrations((1..=last).map(migration).collect()).unwrap()
+}
+
+/// A deployment over both servers, as the demo and the CLI build it, with what it leaves behind.
+struct Placed {
+    deployment: Deployment,
+    manager: TenantManager,
+    /// Tenant databases, on the default server or on `second`, migrated with `table_1`.
+    databases: Databases,
+    /// The registry, on the default server.
+    registry: TestDatabase,
+}
+
+/// A [`Placed`] deployment of database tenants, its configuration changed by `configure`.
+async fn placed_deployment(
+    configure: impl FnOnce(TenancyConfigBuilder) -> TenancyConfigBuilder,
+) -> Placed {
+    server_admin(&second_server_url()).await;
+    let databases = Databases::new();
+    let registry = TestDatabase::postgres("tpl_registry").await;
+    let config = configure(
+        TenancyConfig::builder()
+            .database_url(registry.url())
+            .isolation_strategy(IsolationMode::Database)
+            .database_prefix(databases.prefix.clone())
+            .connection_budget(4)
+            .tenant_pool_max_connections(2)
+            .database_servers([("second", second_server_url())]),
+    )
+    .build()
+    .unwrap();
+    let migrations = DeploymentMigrations {
+        tenant: Some(tenant_migrations(1)),
+        shared: None,
+    };
+    let deployment = Deployment::connect(&config, migrations, None)
+        .await
+        .unwrap();
+    let manager = TenantManager::new(deployment.store(), deployment.provisioner());
+    Placed {
+        deployment,
+        manager,
+        databases,
+        registry,
+    }
+}
+
+fn postgres_handle(deployment: &Deployment) -> &dyn TenantIsolation<Database = sqlx::Postgres> {
+    match deployment.isolation() {
+        Isolation::Postgres(handle) => &**handle,
+        other => panic!("not a PostgreSQL deployment: {other:?}"),
+    }
+}
+
+fn new_tenant(identifier: &str, placement: Option<&str>) -> NewTenant {
+    let mut new = NewTenant::new(TenantIdentifier::parse(identifier).unwrap(), identifier);
+    new.placement = placement.map(str::to_owned);
+    new
+}
+
+/// Whether `table` exists in the tenant database `database` on the server of `url`.
+async fn has_table(url: &str, database: &str, table: &str) -> bool {
+    let mut conn = PgConnection::connect(&format!("{url}/{database}"))
+        .await
+        .unwrap();
+    let exists = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    exists
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_provisions_serves_migrates_and_purges_on_the_placed_server() {
+    let placed = placed_deployment(|config| config).await;
+    let (deployment, manager, databases) = (&placed.deployment, &placed.manager, &placed.databases);
+    let acme = manager.register(new_tenant("acme", None)).await.unwrap();
+    let beta = manager
+        .register(new_tenant("beta", Some("second")))
+        .await
+        .unwrap();
+    assert_eq!(beta.status, TenantStatus::Active);
+
+    let (main_url, second_url) = (postgres_server_url(), second_server_url());
+    let name = |identifier: &str| format!("{}{identifier}", databases.prefix);
+    assert_eq!(databases.on(&main_url).await, [name("acme")]);
+    assert_eq!(databases.on(&second_url).await, [name("beta")]);
+
+    let handle = postgres_handle(deployment);
+    assert_eq!(
+        reached(handle, &beta).await,
+        (port_of(&second_url), name("beta"))
+    );
+    assert_eq!(
+        reached(handle, &acme).await,
+        (port_of(&main_url), name("acme"))
+    );
+
+    let target = deployment.migration_target(DeploymentMigrations {
+        tenant: Some(tenant_migrations(2)),
+        shared: None,
+    });
+    let tenants = deployment
+        .store()
+        .list(ListQuery::first(ListQuery::MAX_LIMIT))
+        .await
+        .unwrap();
+    let report = migrate_all(&target, tenants, &MigrateOptions::new()).await;
+    assert!(report.is_success(), "{report}");
+    assert_eq!(report.applied(), 2, "{report}");
+    for line in &report.tenants {
+        assert_eq!(line.outcome, TenantOutcome::Applied(vec![2]), "{report}");
+    }
+    assert!(has_table(&second_url, &name("beta"), "table_2").await);
+    assert!(has_table(&main_url, &name("acme"), "table_2").await);
+    let mut tx = handle.begin(&beta).await.unwrap();
+    sqlx::query("INSERT INTO table_2 (id) VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    manager.purge(&beta.identifier).await.unwrap();
+    assert_eq!(databases.on(&second_url).await, Vec::<String>::new());
+    assert_eq!(databases.on(&main_url).await, [name("acme")]);
+    manager.purge(&acme.identifier).await.unwrap();
+    assert_eq!(databases.on(&main_url).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_refuses_a_placement_on_no_configured_server() {
+    let placed = placed_deployment(|config| config).await;
+    let (deployment, manager, databases) = (&placed.deployment, &placed.manager, &placed.databases);
+
+    let err = manager
+        .register(new_tenant("lost", Some("mars")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ManagerError::Provisioning { .. }), "{err}");
+    let message = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(message.contains("'mars'"), "{message}");
+    assert!(message.contains("TENANCY_DATABASE_SERVERS"), "{message}");
+    let lost = deployment
+        .store()
+        .get(&TenantIdentifier::parse("lost").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lost.status, TenantStatus::ProvisioningFailed);
+
+    let err = postgres_handle(deployment).begin(&lost).await.unwrap_err();
+    assert!(
+        matches!(&err, IsolationError::UnknownServer { name } if name == "mars"),
+        "{err}"
+    );
+    let target = deployment.migration_target(DeploymentMigrations {
+        tenant: Some(tenant_migrations(1)),
+        shared: None,
+    });
+    let report = migrate_all(&target, vec![lost.clone()], &MigrateOptions::new()).await;
+    assert_eq!(report.failed(), 1, "{report}");
+    assert!(manager.purge(&lost.identifier).await.is_err());
+    for url in [postgres_server_url(), second_server_url()] {
+        assert_eq!(databases.on(&url).await, Vec::<String>::new(), "{url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hybrid_deployment_serves_database_tenants_on_their_server() {
+    let Placed {
+        deployment,
+        manager,
+        databases,
+        registry,
+    } = placed_deployment(|config| {
+        config
+            .isolation_strategy(IsolationMode::Hybrid)
+            .hybrid_tier_isolation([("premium", IsolationMode::Database)])
+            .hybrid_default_isolation(IsolationMode::Schema)
+    })
+    .await;
+    let dedicated = manager
+        .register(new_tenant("dedicated", Some("second")).with_tier("premium"))
+        .await
+        .unwrap();
+    let shared = manager.register(new_tenant("shared", None)).await.unwrap();
+
+    let handle = postgres_handle(&deployment);
+    let second_url = second_server_url();
+    assert_eq!(
+        reached(handle, &dedicated).await,
+        (
+            port_of(&second_url),
+            format!("{}dedicated", databases.prefix)
+        )
+    );
+    assert_eq!(
+        reached(handle, &shared).await,
+        (port_of(&postgres_server_url()), registry.name().to_owned())
+    );
+    manager.purge(&dedicated.identifier).await.unwrap();
+    assert_eq!(databases.on(&second_url).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_refuses_database_servers_it_cannot_place_tenants_on() {
+    let servers = [("second", second_server_url())];
+    let registry = TestDatabase::postgres("tpl_registry").await;
+    let schema = TenancyConfig::builder()
+        .database_url(registry.url())
+        .isolation_strategy(IsolationMode::Schema)
+        .database_servers(servers.clone());
+    let mysql_registry = TestDatabase::mysql("tpl_registry").await;
+    let mysql = TenancyConfig::builder()
+        .database_url(mysql_registry.url())
+        .isolation_strategy(IsolationMode::Database)
+        .database_servers([("second", format!("{}/other", mysql_server_url()))]);
+    let sqlite_dir = std::env::temp_dir().join(unique_name("tpl_sqlite"));
+    let sqlite = TenancyConfig::builder().database_servers(servers);
+    for (what, config) in [("schema", schema), ("mysql", mysql), ("sqlite", sqlite)] {
+        let config = config.build().unwrap();
+        let outcome =
+            Deployment::connect(&config, DeploymentMigrations::default(), Some(&sqlite_dir)).await;
+        let err = outcome.expect_err(what);
+        assert!(
+            matches!(err, DeploymentError::DatabaseServersUnsupported(_)),
+            "{what}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("TENANCY_DATABASE_SERVERS is set, but"),
+            "{what}: {err}"
+        );
+    }
+    assert!(!sqlite_dir.exists(), "nothing is set up before the refusal");
 }

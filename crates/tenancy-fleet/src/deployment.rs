@@ -8,10 +8,17 @@
 //! | unset | database | `<data dir>/registry.db` | a SQLite file each under `<data dir>/tenants` |
 //! | `postgres://…` | `schema` (default) | admin URL | a schema each |
 //! | `postgres://…` | `rls` | admin URL | shared tables guarded by row-level security |
-//! | `postgres://…` | `database` | admin URL | a database each, on the same server |
+//! | `postgres://…` | `database` | admin URL | a database each, on the server of the tenant's placement |
 //! | `postgres://…` | `hybrid` | admin URL | by override or tier (`TENANCY_HYBRID_TIER_ISOLATION`) |
 //!
 //! The data directory is `TENANCY_SQLITE_DATA_DIR` unless the caller passes another one.
+//!
+//! Database tenants on PostgreSQL may be placed on several servers (`TENANCY_DATABASE_SERVERS`,
+//! a tenant's [`placement`](Tenant::placement)): requests, provisioning, purging and migrations
+//! of each tenant go to the server it is placed on, and a placement naming no configured server
+//! is an error, never the default server (see [`PgDatabaseServers`]). Where no tenant has a
+//! database on a PostgreSQL server (SQLite, MariaDB/MySQL, PostgreSQL without `database` among
+//! the modes), [`Deployment::connect`] refuses `TENANCY_DATABASE_SERVERS`.
 //!
 //! With row-level security, the tenant tables are every table with the tenant column
 //! (`TENANCY_RLS_TENANT_COLUMN`) outside the system schemas and the registry: exactly the tables
@@ -28,16 +35,17 @@ use tenancy_core::{
     Backend, BoxError, IsolationMode, SecretUrl, TenancyConfig, Tenant, TenantStore,
 };
 use tenancy_sql::database_per_tenant::TenantPoolSettings;
+use tenancy_sql::placement::PlacedPools;
 use tenancy_sql::postgres::{
-    PgDatabaseLocator, PgIsolation, PgIsolationOptions, PgStore, PgTenantPools, RlsProblem,
-    TenantSetting, apply_rls_policy, audit_rls, grant_tenant_tables,
+    PgDatabaseLocator, PgIsolation, PgIsolationOptions, PgStore, RlsProblem, TenantSetting,
+    apply_rls_policy, audit_rls, grant_tenant_tables,
 };
 use tenancy_sql::sqlite::{SqliteLocator, SqliteStore, SqliteTenantPools};
 use tenancy_sql::{HybridIsolation, TenantIsolation};
 use tokio::sync::OnceCell;
 
 use crate::migrations::TenantMigrations;
-use crate::postgres::{PgDatabaseTarget, PgSchemaTarget, PgSharedMigrations};
+use crate::postgres::{PgDatabaseServers, PgDatabaseTarget, PgSchemaTarget, PgSharedMigrations};
 use crate::provision::{
     HybridProvisioner, PgDatabaseProvisioner, PgRlsProvisioner, PgSchemaProvisioner,
     SqliteDatabaseProvisioner,
@@ -93,6 +101,13 @@ pub enum DeploymentError {
     /// The operation needs PostgreSQL.
     #[error("{0} needs PostgreSQL: set TENANCY_DATABASE_URL to a postgres:// URL")]
     NeedsPostgres(&'static str),
+    /// `TENANCY_DATABASE_SERVERS` is set where no tenant has a database on a PostgreSQL
+    /// server; the deployment refuses rather than serve every tenant from one server.
+    #[error(
+        "TENANCY_DATABASE_SERVERS is set, but {0}; unset TENANCY_DATABASE_SERVERS or place \
+         tenants with PostgreSQL database isolation"
+    )]
+    DatabaseServersUnsupported(&'static str),
 }
 
 /// Wraps any error as the source of a [`DeploymentError::Setup`].
@@ -153,7 +168,7 @@ impl std::fmt::Debug for Isolation {
 #[derive(Clone)]
 struct PgParts {
     admin: PgPool,
-    database_pools: Option<PgTenantPools>,
+    databases: Option<PgDatabaseServers>,
     runtime_role: String,
     /// The runtime role when it differs from the admin role (it then needs grants).
     separate_role: Option<String>,
@@ -219,11 +234,19 @@ impl Deployment {
     /// given (see [`DeploymentMigrations`]). A MariaDB/MySQL URL (feature `mysql`) keeps the
     /// registry on the admin URL and a database per tenant on the runtime URL's server. A SQLite
     /// URL is refused.
+    ///
+    /// With PostgreSQL and `database` among the modes, each server of
+    /// `TENANCY_DATABASE_SERVERS` gets tenant pools and an admin pool, both on that server's URL
+    /// (see [`PgDatabaseServers`]); anywhere else that variable is refused with
+    /// [`DeploymentError::DatabaseServersUnsupported`].
     pub async fn connect(
         config: &TenancyConfig,
         migrations: DeploymentMigrations,
         sqlite_dir: Option<&Path>,
     ) -> Result<Self, DeploymentError> {
+        if !config.database_servers.is_empty() {
+            check_database_servers(config)?;
+        }
         match config.database_backend() {
             None => {
                 let dir = sqlite_dir.unwrap_or(&config.sqlite_data_dir);
@@ -262,6 +285,14 @@ impl Deployment {
     pub fn admin_pool(&self) -> Option<&PgPool> {
         match &self.parts {
             Parts::Postgres(pg) => Some(&pg.admin),
+            _ => None,
+        }
+    }
+
+    /// The PostgreSQL servers of database tenants, when `database` is among the modes.
+    pub fn database_servers(&self) -> Option<&PgDatabaseServers> {
+        match &self.parts {
+            Parts::Postgres(pg) => pg.databases.as_ref(),
             _ => None,
         }
     }
@@ -313,12 +344,9 @@ impl Deployment {
                     target.schema = schema_target(&self.config, pg, tenant.clone())
                         .ok()
                         .map(|t| Arc::new(t) as Arc<dyn MigrationTarget>);
-                    target.database = pg.database_pools.as_ref().map(|pools| {
-                        Arc::new(PgDatabaseTarget::new(
-                            pg.admin.clone(),
-                            pools.clone(),
-                            tenant,
-                        )) as Arc<dyn MigrationTarget>
+                    target.database = pg.databases.as_ref().map(|servers| {
+                        Arc::new(PgDatabaseTarget::placed(servers.clone(), tenant))
+                            as Arc<dyn MigrationTarget>
                     });
                 }
                 target.rls = migrations.shared.map(|shared| {
@@ -441,6 +469,33 @@ async fn mysql(
     })
 }
 
+/// Refuses `TENANCY_DATABASE_SERVERS` (set) where no tenant has a database on a PostgreSQL
+/// server.
+fn check_database_servers(config: &TenancyConfig) -> Result<(), DeploymentError> {
+    let reason = match config.database_backend() {
+        Some(Backend::Postgres) if uses(config, IsolationMode::Database) => return Ok(()),
+        Some(Backend::Postgres) => {
+            "no tenant has a database of its own in this isolation (TENANCY_ISOLATION_STRATEGY, \
+             TENANCY_HYBRID_TIER_ISOLATION, TENANCY_HYBRID_DEFAULT_ISOLATION)"
+        }
+        Some(Backend::Mysql) => "MariaDB/MySQL deployments keep every tenant on one server",
+        None | Some(Backend::Sqlite) => "SQLite tenants are files, not databases on a server",
+    };
+    Err(DeploymentError::DatabaseServersUnsupported(reason))
+}
+
+/// Whether some tenant of `config` may be isolated by `wanted`.
+fn uses(config: &TenancyConfig, wanted: IsolationMode) -> bool {
+    let mode = config.effective_isolation();
+    mode == wanted
+        || (mode == IsolationMode::Hybrid
+            && (config.hybrid_default_isolation == wanted
+                || config
+                    .hybrid_tier_isolation
+                    .iter()
+                    .any(|(_, m)| *m == wanted)))
+}
+
 fn url(url: Option<&SecretUrl>) -> String {
     url.map(|url| url.expose().to_owned()).unwrap_or_default()
 }
@@ -455,9 +510,7 @@ async fn postgres(
     } else {
         "TENANCY_DATABASE_URL"
     };
-    let admin = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(config.acquire_timeout())
+    let admin = admin_pool_options(config)
         .connect(&url(config.admin_url()))
         .await
         .map_err(setup("connecting the admin role", admin_variable))?;
@@ -487,34 +540,20 @@ async fn postgres(
     let setting = TenantSetting::parse(&config.rls_setting)
         .map_err(setup("the tenant setting", "TENANCY_RLS_SETTING"))?;
 
-    let uses = |wanted: IsolationMode| {
-        mode == wanted
-            || (mode == IsolationMode::Hybrid
-                && (config.hybrid_default_isolation == wanted
-                    || config
-                        .hybrid_tier_isolation
-                        .iter()
-                        .any(|(_, m)| *m == wanted)))
-    };
-    let database_pools = if uses(IsolationMode::Database) {
-        let locator = PgDatabaseLocator::from_url(&runtime_url, &config.database_prefix)
-            .map_err(setup("tenant database names", "TENANCY_DATABASE_PREFIX"))?;
-        Some(PgTenantPools::new(
-            locator,
-            TenantPoolSettings::from_config(config),
-        ))
+    let databases = if uses(config, IsolationMode::Database) {
+        Some(database_servers(config, &runtime_url, &admin)?)
     } else {
         None
     };
     let pg = PgParts {
         admin: admin.clone(),
-        database_pools,
+        databases,
         runtime_role,
         separate_role,
         setting,
     };
 
-    let schema = if uses(IsolationMode::Schema) {
+    let schema = if uses(config, IsolationMode::Schema) {
         Some(match &migrations.tenant {
             Some(tenant) => Arc::new(PgSchemaProvisioner::new(
                 schema_target(config, &pg, tenant.clone())?,
@@ -528,7 +567,7 @@ async fn postgres(
     } else {
         None
     };
-    let rls = if uses(IsolationMode::Rls) {
+    let rls = if uses(config, IsolationMode::Rls) {
         let tables = match &migrations.shared {
             Some(shared) => {
                 PgSharedMigrations::new(admin.clone(), shared.clone())
@@ -552,18 +591,14 @@ async fn postgres(
         None
     };
     let database = pg
-        .database_pools
+        .databases
         .as_ref()
-        .map(|pools| match &migrations.tenant {
-            Some(tenant) => Arc::new(PgDatabaseProvisioner::new(
-                pools.clone(),
-                admin.clone(),
+        .map(|servers| match &migrations.tenant {
+            Some(tenant) => Arc::new(PgDatabaseProvisioner::new(PgDatabaseTarget::placed(
+                servers.clone(),
                 tenant.clone(),
-            )) as Arc<dyn Provisioner>,
-            None => Arc::new(WithoutMigrations(Purge::PgDatabase {
-                admin: admin.clone(),
-                pools: pools.clone(),
-            })),
+            ))) as Arc<dyn Provisioner>,
+            None => Arc::new(WithoutMigrations(Purge::PgDatabase(servers.clone()))),
         });
 
     let missing = || {
@@ -583,7 +618,12 @@ async fn postgres(
             "PostgreSQL, row-level security",
         ),
         IsolationMode::Database => (
-            Arc::new(pg.database_pools.clone().ok_or_else(missing)?),
+            Arc::new(
+                pg.databases
+                    .as_ref()
+                    .map(|servers| servers.pools().clone())
+                    .ok_or_else(missing)?,
+            ),
             database.ok_or_else(missing)?,
             "PostgreSQL, a database per tenant",
         ),
@@ -602,8 +642,12 @@ async fn postgres(
                     provisioner = provisioner.with(mode, part);
                 }
             }
-            let handle: PgHandle = match &pg.database_pools {
-                Some(pools) => Arc::new(HybridIsolation::new(isolation, pools.clone(), select)),
+            let handle: PgHandle = match &pg.databases {
+                Some(servers) => Arc::new(HybridIsolation::new(
+                    isolation,
+                    servers.pools().clone(),
+                    select,
+                )),
                 None => Arc::new(isolation),
             };
             (handle, Arc::new(provisioner), "PostgreSQL, hybrid by tier")
@@ -617,6 +661,37 @@ async fn postgres(
         parts: Parts::Postgres(Box::new(pg)),
         description,
     })
+}
+
+/// The servers of database tenants: the runtime URL's server (administered through `admin`) and
+/// each of `TENANCY_DATABASE_SERVERS`.
+fn database_servers(
+    config: &TenancyConfig,
+    runtime_url: &str,
+    admin: &PgPool,
+) -> Result<PgDatabaseServers, DeploymentError> {
+    let prefix = &config.database_prefix;
+    let default = PgDatabaseLocator::from_url(runtime_url, prefix)
+        .map_err(setup("tenant database names", "TENANCY_DATABASE_PREFIX"))?;
+    let placed = PlacedPools::from_config(config, default, |_, url| {
+        PgDatabaseLocator::from_url(url.expose(), prefix)
+    })
+    .map_err(setup(
+        "the tenant database servers",
+        "TENANCY_DATABASE_SERVERS",
+    ))?;
+    Ok(PgDatabaseServers::placed(
+        admin.clone(),
+        placed,
+        admin_pool_options(config),
+    ))
+}
+
+/// The options of every admin pool.
+fn admin_pool_options(config: &TenancyConfig) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(config.acquire_timeout())
 }
 
 fn schema_target(
@@ -695,10 +770,7 @@ enum Purge {
         admin: PgPool,
         isolation: PgIsolation,
     },
-    PgDatabase {
-        admin: PgPool,
-        pools: PgTenantPools,
-    },
+    PgDatabase(PgDatabaseServers),
     #[cfg(feature = "mysql")]
     MySqlDatabase {
         admin: MySqlPool,
@@ -729,12 +801,7 @@ impl Provisioner for WithoutMigrations {
                     .drop_tenant_schema(&mut conn, &tenant.identifier)
                     .await?;
             }
-            Purge::PgDatabase { admin, pools } => {
-                let mut conn = admin.acquire().await?;
-                pools
-                    .drop_tenant_database(&mut conn, &tenant.identifier)
-                    .await?;
-            }
+            Purge::PgDatabase(servers) => servers.drop_tenant_database(tenant).await?,
             #[cfg(feature = "mysql")]
             Purge::MySqlDatabase { admin, pools } => {
                 let mut conn = admin.acquire().await?;

@@ -1,6 +1,7 @@
 //! PostgreSQL targets: a schema per tenant ([`PgSchemaTarget`], ledger inside each schema, one
 //! advisory lock per schema), a database per tenant ([`PgDatabaseTarget`], ledger inside each
-//! database) and the shared tables of RLS tenants ([`PgSharedMigrations`], migrated once).
+//! database, on the server of the tenant's placement: [`PgDatabaseServers`]) and the shared
+//! tables of RLS tenants ([`PgSharedMigrations`], migrated once).
 //!
 //! The schema and shared targets work on an admin pool (a role allowed to run DDL), not the request pool. While a
 //! tenant migrates, its connection has a session-level `search_path` of the tenant schema and
@@ -8,15 +9,20 @@
 //! connection goes back to the pool, and a connection that cannot be reset (error, panic,
 //! dropped future) is closed instead of returned.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgDatabaseError};
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres};
 use tenancy_core::identifier::check_prefix;
 use tenancy_core::{DerivedName, DerivedNameError, NameTarget, Tenant, TenantIdentifier};
-use tenancy_sql::postgres::PgTenantPools;
+use tenancy_sql::IsolationError;
+use tenancy_sql::placement::PlacedPools;
+use tenancy_sql::postgres::{PgDatabaseLocator, PgTenantPools};
 
 use crate::migrations::{LEDGER_TABLE, LedgerEntry, TenantMigrations};
 use crate::provision::schema_grants;
@@ -159,53 +165,132 @@ impl PgSharedMigrations {
     }
 }
 
-/// Migrates a PostgreSQL database per tenant (named by `pools`' locator), with sqlx's ledger
-/// inside each database. A missing database is created through the admin pool; each tenant
-/// migrates as the admin role on a connection of its own, closed afterwards, holding an
-/// advisory lock keyed by the database name, so two runs over the same tenant apply each
-/// migration once. When requests connect as another role (`pools`' server user), that role is
-/// granted DML on the `public` schema's tables and sequences of each tenant database.
+/// The PostgreSQL servers holding a database per tenant: the [`PlacedPools`] requests use, and
+/// for each server the admin pool its tenant databases are created, migrated and dropped
+/// through. Each tenant goes to the server of its [`placement`](Tenant::placement) (the default
+/// server when it names none); a placement naming no server is
+/// [`IsolationError::UnknownServer`], never another server. Cheap to clone.
+///
+/// The default server has an admin pool of its own (`TENANCY_ADMIN_DATABASE_URL`, which may be
+/// another role than requests use). A named server has one URL (`TENANCY_DATABASE_SERVERS`),
+/// which serves both roles: its admin pool connects as that URL's user to that URL's database,
+/// and opens its connections when first needed, so a server that is down fails only the
+/// tenants placed on it.
+#[derive(Debug, Clone)]
+pub struct PgDatabaseServers {
+    placed: PlacedPools<PgDatabaseLocator>,
+    default_admin: PgPool,
+    admins: Arc<HashMap<String, PgPool>>,
+}
+
+impl PgDatabaseServers {
+    /// One server: tenant databases found by `pools`, created through `admin_pool` (a role
+    /// allowed to `CREATE DATABASE`).
+    pub fn new(admin_pool: PgPool, pools: PgTenantPools) -> Self {
+        Self::placed(admin_pool, PlacedPools::new(pools), PgPoolOptions::new())
+    }
+
+    /// The servers of `placed`: the default one administered through `admin_pool`, each named
+    /// one through a pool of `admin_options` connecting with its locator's
+    /// [server options](PgDatabaseLocator::server_options).
+    pub fn placed(
+        admin_pool: PgPool,
+        placed: PlacedPools<PgDatabaseLocator>,
+        admin_options: PgPoolOptions,
+    ) -> Self {
+        let admins = placed
+            .servers()
+            .map(|(name, pools)| {
+                let options = pools.locator().server_options().clone();
+                let admin = admin_options.clone().connect_lazy_with(options);
+                (name.to_owned(), admin)
+            })
+            .collect();
+        Self {
+            placed,
+            default_admin: admin_pool,
+            admins: Arc::new(admins),
+        }
+    }
+
+    /// The pools requests use (a [`TenantIsolation`](tenancy_sql::TenantIsolation) handle).
+    pub fn pools(&self) -> &PlacedPools<PgDatabaseLocator> {
+        &self.placed
+    }
+
+    /// The admin pool and the tenant pools of the server `tenant` is placed on.
+    pub fn server_for(&self, tenant: &Tenant) -> Result<(&PgPool, &PgTenantPools), IsolationError> {
+        let admin = match tenant.placement.as_deref() {
+            None => &self.default_admin,
+            Some(name) => self
+                .admins
+                .get(name)
+                .ok_or_else(|| IsolationError::UnknownServer {
+                    name: name.to_owned(),
+                })?,
+        };
+        Ok((admin, self.placed.pools_for(tenant)?))
+    }
+
+    /// Drops `tenant`'s database on the server it is placed on; see
+    /// [`PgTenantPools::drop_tenant_database`]. Idempotent.
+    pub async fn drop_tenant_database(&self, tenant: &Tenant) -> Result<(), IsolationError> {
+        let (admin, pools) = self.server_for(tenant)?;
+        let mut admin = admin.acquire().await?;
+        pools
+            .drop_tenant_database(&mut admin, &tenant.identifier)
+            .await
+    }
+}
+
+/// Migrates a PostgreSQL database per tenant on the server of its placement (see
+/// [`PgDatabaseServers`]), with sqlx's ledger inside each database. A missing database is
+/// created through that server's admin pool; each tenant migrates as the admin role on a
+/// connection of its own, closed afterwards, holding an advisory lock keyed by the database
+/// name, so two runs over the same tenant apply each migration once. When requests connect as
+/// another role (the server user of the tenant pools), that role is granted DML on the `public`
+/// schema's tables and sequences of each tenant database.
 #[derive(Debug, Clone)]
 pub struct PgDatabaseTarget {
-    admin: PgPool,
-    pools: PgTenantPools,
+    servers: PgDatabaseServers,
     migrations: TenantMigrations,
 }
 
 impl PgDatabaseTarget {
     /// Tenant databases found by `pools`, created through `admin_pool` (a role allowed to
-    /// `CREATE DATABASE`) and migrated with `migrations`.
+    /// `CREATE DATABASE`) and migrated with `migrations`: one server.
     pub fn new(admin_pool: PgPool, pools: PgTenantPools, migrations: TenantMigrations) -> Self {
+        Self::placed(PgDatabaseServers::new(admin_pool, pools), migrations)
+    }
+
+    /// Tenant databases on the servers of `servers`, each migrated on its tenant's server.
+    pub fn placed(servers: PgDatabaseServers, migrations: TenantMigrations) -> Self {
         Self {
-            admin: admin_pool,
-            pools,
+            servers,
             migrations,
         }
     }
 
-    /// The admin pool databases are created through.
-    pub fn admin(&self) -> &PgPool {
-        &self.admin
+    /// The servers the tenant databases live on.
+    pub fn servers(&self) -> &PgDatabaseServers {
+        &self.servers
     }
+}
 
-    /// The pools whose locator names the tenant databases.
-    pub fn pools(&self) -> &PgTenantPools {
-        &self.pools
-    }
+/// Connect options reaching `tenant`'s database as the admin role of its server.
+fn admin_options(
+    admin: &PgPool,
+    pools: &PgTenantPools,
+    tenant: &Tenant,
+) -> Result<PgConnectOptions, IsolationError> {
+    let name = pools.locator().database_name(&tenant.identifier)?;
+    Ok((*admin.connect_options()).clone().database(name.as_str()))
+}
 
-    /// Connect options reaching `tenant`'s database as the admin role.
-    fn admin_options(&self, tenant: &Tenant) -> Result<PgConnectOptions, TargetError> {
-        let name = self.pools.locator().database_name(&tenant.identifier)?;
-        Ok((*self.admin.connect_options())
-            .clone()
-            .database(name.as_str()))
-    }
-
-    /// The role requests use, when it is not the admin role.
-    fn separate_runtime_role(&self) -> Option<&str> {
-        let runtime = self.pools.locator().runtime_role();
-        (runtime != self.admin.connect_options().get_username()).then_some(runtime)
-    }
+/// The role requests use on the server of `pools`, when it is not the admin role.
+fn separate_runtime_role<'a>(admin: &PgPool, pools: &'a PgTenantPools) -> Option<&'a str> {
+    let runtime = pools.locator().runtime_role();
+    (runtime != admin.connect_options().get_username()).then_some(runtime)
 }
 
 /// SQLSTATE of "database does not exist".
@@ -214,7 +299,8 @@ const INVALID_CATALOG_NAME: &str = "3D000";
 #[async_trait]
 impl MigrationTarget for PgDatabaseTarget {
     async fn pending(&self, tenant: &Tenant) -> Result<Vec<i64>, TargetError> {
-        let options = self.admin_options(tenant)?;
+        let (admin, pools) = self.servers.server_for(tenant)?;
+        let options = admin_options(admin, pools, tenant)?;
         let mut conn = match PgConnection::connect_with(&options).await {
             Ok(conn) => conn,
             Err(error)
@@ -232,14 +318,15 @@ impl MigrationTarget for PgDatabaseTarget {
     }
 
     async fn apply(&self, tenant: &Tenant) -> Result<Vec<i64>, ApplyFailure> {
-        let name = self.pools.locator().database_name(&tenant.identifier)?;
+        let (admin, pools) = self.servers.server_for(tenant)?;
+        let name = pools.locator().database_name(&tenant.identifier)?;
         {
-            let mut admin = self.admin.acquire().await?;
-            self.pools
+            let mut admin = admin.acquire().await?;
+            pools
                 .create_tenant_database(&mut admin, &tenant.identifier, None)
                 .await?;
         }
-        let options = self.admin_options(tenant)?;
+        let options = admin_options(admin, pools, tenant)?;
         // A connection of its own: closing it (or dropping it half-way) releases the lock.
         let mut conn = PgConnection::connect_with(&options).await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
@@ -270,7 +357,7 @@ impl MigrationTarget for PgDatabaseTarget {
             }
         };
         if outcome.is_ok()
-            && let Some(role) = self.separate_runtime_role()
+            && let Some(role) = separate_runtime_role(admin, pools)
         {
             sqlx::raw_sql(AssertSqlSafe(schema_grants("public", role)))
                 .execute(&mut conn)

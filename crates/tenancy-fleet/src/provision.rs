@@ -54,10 +54,9 @@ pub(crate) fn schema_grants(schema: &str, role: &str) -> String {
 #[cfg(feature = "postgres")]
 mod postgres {
     use sqlx::{AssertSqlSafe, PgPool};
-    use tenancy_sql::postgres::{PgIsolation, PgTenantPools};
+    use tenancy_sql::postgres::PgIsolation;
 
     use super::*;
-    use crate::TenantMigrations;
     use crate::postgres::{PgDatabaseTarget, PgSchemaTarget};
 
     /// Schema per tenant: the tenant migrations create the schema and its tables.
@@ -139,20 +138,20 @@ mod postgres {
         }
     }
 
-    /// A PostgreSQL database per tenant: created and migrated as the admin role by a
-    /// [`PgDatabaseTarget`] (which grants a separate runtime role its DML), dropped on purge.
+    /// A PostgreSQL database per tenant: created and migrated as the admin role of the
+    /// tenant's server by a [`PgDatabaseTarget`] (which grants a separate runtime role its
+    /// DML), dropped there on purge. A tenant placed on a server that is not configured fails
+    /// with [`IsolationError::UnknownServer`](tenancy_sql::IsolationError::UnknownServer).
     #[derive(Debug, Clone)]
     pub struct PgDatabaseProvisioner {
         target: PgDatabaseTarget,
     }
 
     impl PgDatabaseProvisioner {
-        /// Creates databases named by `pools`' locator through `admin` (a role allowed to
-        /// `CREATE DATABASE`), then applies `migrations` in each.
-        pub fn new(pools: PgTenantPools, admin: PgPool, migrations: TenantMigrations) -> Self {
-            Self {
-                target: PgDatabaseTarget::new(admin, pools, migrations),
-            }
+        /// Provisions through `target`: creates each tenant's database on its server, then
+        /// applies the target's migrations in it.
+        pub fn new(target: PgDatabaseTarget) -> Self {
+            Self { target }
         }
     }
 
@@ -163,11 +162,7 @@ mod postgres {
         }
 
         async fn purge(&self, tenant: &Tenant) -> Result<(), BoxError> {
-            let mut admin = self.target.admin().acquire().await?;
-            self.target
-                .pools()
-                .drop_tenant_database(&mut admin, &tenant.identifier)
-                .await?;
+            self.target.servers().drop_tenant_database(tenant).await?;
             Ok(())
         }
     }

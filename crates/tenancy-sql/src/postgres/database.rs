@@ -56,6 +56,11 @@ impl PgDatabaseLocator {
         self.server.get_username()
     }
 
+    /// The server's connect options as given: its URL's user and database, not a tenant's.
+    pub fn server_options(&self) -> &PgConnectOptions {
+        &self.server
+    }
+
     /// The name of `tenant`'s database (which may not exist).
     pub fn database_name(&self, tenant: &TenantIdentifier) -> Result<DerivedName, IsolationError> {
         Ok(DerivedName::new(
