@@ -2,6 +2,7 @@
 //! databases under unique names that are dropped when the test ends, even when it panics, so
 //! tests run in parallel and twice in a row.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::Connection;
@@ -10,6 +11,105 @@ use sqlx::Connection;
 pub fn postgres_server_url() -> String {
     std::env::var("TENANCY_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// The second PostgreSQL server, for tenants placed on several servers
+/// (`TENANCY_TEST_POSTGRES_SECOND_URL`, default `postgres://postgres@127.0.0.1:5433`, which
+/// `scripts/test` creates for the run).
+pub fn postgres_second_server_url() -> String {
+    std::env::var("TENANCY_TEST_POSTGRES_SECOND_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".to_owned())
+}
+
+/// The PostgreSQL servers by the names placement tests give them: `main`
+/// ([`postgres_server_url`]) and `second` ([`postgres_second_server_url`]).
+pub fn postgres_servers() -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("main", postgres_server_url()),
+        ("second", postgres_second_server_url()),
+    ])
+}
+
+/// A connection to the `postgres` database of the server of `url`; panics, saying how to get
+/// the second server, when it cannot be reached.
+pub async fn postgres_server_admin(url: &str) -> sqlx::PgConnection {
+    match sqlx::PgConnection::connect(&format!("{url}/postgres")).await {
+        Ok(conn) => conn,
+        Err(error) => panic!(
+            "PostgreSQL server {url} is not reachable ({error}). The placement tests need a \
+             second server: run scripts/test, which creates one on port 5433 \
+             (pg_createcluster), or set TENANCY_TEST_POSTGRES_SECOND_URL"
+        ),
+    }
+}
+
+/// A unique database prefix for tenant databases on the servers of [`postgres_servers`]:
+/// every database under it is dropped on each of them that answers when this value is dropped,
+/// panicking test or not.
+#[derive(Debug)]
+pub struct ServerDatabases {
+    prefix: String,
+}
+
+impl ServerDatabases {
+    /// A fresh prefix: [`unique_name`] of `name`, and `_`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            prefix: format!("{}_", unique_name(name)),
+        }
+    }
+
+    /// The prefix, for `TENANCY_DATABASE_PREFIX`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The databases under the prefix on the server of `url`, sorted.
+    pub async fn on(&self, url: &str) -> Vec<String> {
+        let mut admin = postgres_server_admin(url).await;
+        databases_with_prefix(&mut admin, &self.prefix).await
+    }
+}
+
+async fn databases_with_prefix(admin: &mut sqlx::PgConnection, prefix: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+    )
+    .bind(prefix)
+    .fetch_all(admin)
+    .await
+    .expect("list test databases")
+}
+
+impl Drop for ServerDatabases {
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for test clean-up")
+                .block_on(async move {
+                    for url in postgres_servers().values() {
+                        let Ok(mut admin) =
+                            sqlx::PgConnection::connect(&format!("{url}/postgres")).await
+                        else {
+                            continue;
+                        };
+                        for name in databases_with_prefix(&mut admin, &prefix).await {
+                            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                            sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                                .execute(&mut admin)
+                                .await
+                                .expect("drop a test database");
+                        }
+                    }
+                });
+        });
+        if cleanup.join().is_err() && !std::thread::panicking() {
+            panic!("could not drop the databases under {}", self.prefix);
+        }
+    }
 }
 
 /// The MariaDB/MySQL server to test against (`TENANCY_TEST_MYSQL_URL`, default local root).
@@ -203,18 +303,14 @@ impl Drop for TestRole {
     }
 }
 
-/// The PostgreSQL databases whose names start with `prefix` (to check that a test's tenant
-/// databases were dropped).
+/// The PostgreSQL databases whose names start with `prefix`, sorted (to check that a test's
+/// tenant databases were dropped).
 pub async fn postgres_databases_with_prefix(prefix: &str) -> Vec<String> {
     let url = format!("{}/postgres", postgres_server_url());
     let mut conn = sqlx::PgConnection::connect(&url)
         .await
         .expect("connect to PostgreSQL");
-    sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)")
-        .bind(prefix)
-        .fetch_all(&mut conn)
-        .await
-        .expect("list databases")
+    databases_with_prefix(&mut conn, prefix).await
 }
 
 /// The MariaDB databases whose names start with `prefix` (to check that a test's tenant

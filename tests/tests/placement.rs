@@ -24,107 +24,23 @@ use tenancy_fleet::{
     ApplyFailure, MigrateOptions, MigrationTarget, TargetError, TenantMigrations, TenantOutcome,
     async_trait, migrate_all,
 };
-use tenancy_tests::{TestDatabase, mysql_server_url, postgres_server_url, unique_name};
-
-/// The second PostgreSQL server.
-fn second_server_url() -> String {
-    std::env::var("TENANCY_TEST_POSTGRES_SECOND_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".to_owned())
-}
-
-/// The servers of the tests: `main` (also the default) and `second`.
-fn server_urls() -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
-        ("main", postgres_server_url()),
-        ("second", second_server_url()),
-    ])
-}
-
-async fn server_admin(url: &str) -> PgConnection {
-    match PgConnection::connect(&format!("{url}/postgres")).await {
-        Ok(conn) => conn,
-        Err(error) => panic!(
-            "PostgreSQL server {url} is not reachable ({error}). The placement tests need a \
-             second server: run scripts/test, which creates one on port 5433 \
-             (pg_createcluster), or set TENANCY_TEST_POSTGRES_SECOND_URL"
-        ),
-    }
-}
-
-/// A unique database prefix, and every database under it dropped on both servers when this
-/// value is dropped, panicking test or not.
-struct Databases {
-    prefix: String,
-}
-
-impl Databases {
-    fn new() -> Self {
-        Self {
-            prefix: format!("{}_", unique_name("tpl")),
-        }
-    }
-
-    async fn on(&self, url: &str) -> Vec<String> {
-        let mut admin = server_admin(url).await;
-        sqlx::query_scalar(
-            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
-        )
-        .bind(&self.prefix)
-        .fetch_all(&mut admin)
-        .await
-        .unwrap()
-    }
-}
-
-impl Drop for Databases {
-    fn drop(&mut self) {
-        let prefix = self.prefix.clone();
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for test clean-up")
-                .block_on(async move {
-                    for url in server_urls().values() {
-                        let Ok(mut admin) = PgConnection::connect(&format!("{url}/postgres")).await
-                        else {
-                            continue;
-                        };
-                        let names: Vec<String> = sqlx::query_scalar(
-                            "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
-                        )
-                        .bind(&prefix)
-                        .fetch_all(&mut admin)
-                        .await
-                        .expect("list test databases");
-                        for name in names {
-                            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                            sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                                .execute(&mut admin)
-                                .await
-                                .expect("drop a test database");
-                        }
-                    }
-                });
-        });
-        if cleanup.join().is_err() && !std::thread::panicking() {
-            panic!("could not drop the databases under {}", self.prefix);
-        }
-    }
-}
+use tenancy_tests::{
+    ServerDatabases, TestDatabase, mysql_server_url, postgres_second_server_url,
+    postgres_server_admin, postgres_server_url, postgres_servers, unique_name,
+};
 
 /// Pools on both servers, configured as an application would: `main` is the default server
 /// and a named one, `second` only named.
-fn placed_pools(databases: &Databases) -> PlacedPools<PgDatabaseLocator> {
+fn placed_pools(databases: &ServerDatabases) -> PlacedPools<PgDatabaseLocator> {
     let config = TenancyConfig::builder()
         .database_url(format!("{}/app", postgres_server_url()))
-        .database_prefix(databases.prefix.clone())
+        .database_prefix(databases.prefix().to_owned())
         .connection_budget(4)
         .tenant_pool_max_connections(2)
-        .database_servers(server_urls())
+        .database_servers(postgres_servers())
         .build()
         .unwrap();
-    let default = PgDatabaseLocator::from_url(&postgres_server_url(), &databases.prefix).unwrap();
+    let default = PgDatabaseLocator::from_url(&postgres_server_url(), databases.prefix()).unwrap();
     PlacedPools::from_config(&config, default, |_, url| {
         PgDatabaseLocator::from_url(url.expose(), &config.database_prefix)
     })
@@ -141,7 +57,7 @@ fn tenant(identifier: &str, placement: Option<&str>) -> Tenant {
 
 /// The URL of the server `tenant` is placed on (`main` by default).
 fn url_of(tenant: &Tenant) -> String {
-    server_urls()[tenant.placement.as_deref().unwrap_or("main")].clone()
+    postgres_servers()[tenant.placement.as_deref().unwrap_or("main")].clone()
 }
 
 fn migration(version: i64) -> Migration {
@@ -161,7 +77,7 @@ async fn provision(
     migrator: &Migrator,
 ) -> Result<(), IsolationError> {
     let pools = placed.pools_for(tenant)?;
-    let mut admin = server_admin(&url_of(tenant)).await;
+    let mut admin = postgres_server_admin(&url_of(tenant)).await;
     pools
         .create_tenant_database(&mut admin, &tenant.identifier, Some(migrator))
         .await?;
@@ -192,8 +108,8 @@ fn port_of(url: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_reaches_the_server_of_its_tenant() {
-    server_admin(&second_server_url()).await;
-    let databases = Databases::new();
+    postgres_server_admin(&postgres_second_server_url()).await;
+    let databases = ServerDatabases::new("tpl");
     let placed = placed_pools(&databases);
     let migrator = Migrator::with_migrations(vec![migration(1)]);
     let acme = tenant("acme", None);
@@ -202,8 +118,8 @@ async fn each_request_reaches_the_server_of_its_tenant() {
     for tenant in [&acme, &beta, &gamma] {
         provision(&placed, tenant, &migrator).await.unwrap();
     }
-    let (main_url, second_url) = (postgres_server_url(), second_server_url());
-    let name = |identifier: &str| format!("{}{identifier}", databases.prefix);
+    let (main_url, second_url) = (postgres_server_url(), postgres_second_server_url());
+    let name = |identifier: &str| format!("{}{identifier}", databases.prefix());
     assert_eq!(databases.on(&main_url).await, [name("acme"), name("gamma")]);
     assert_eq!(databases.on(&second_url).await, [name("beta")]);
 
@@ -258,8 +174,8 @@ async fn each_request_reaches_the_server_of_its_tenant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_is_never_served_from_another_server() {
-    server_admin(&second_server_url()).await;
-    let databases = Databases::new();
+    postgres_server_admin(&postgres_second_server_url()).await;
+    let databases = ServerDatabases::new("tpl");
     let placed = placed_pools(&databases);
     let handle = isolation_extension(placed.clone());
     let migrator = Migrator::with_migrations(vec![migration(1)]);
@@ -294,12 +210,12 @@ async fn a_placement_is_never_served_from_another_server() {
     let err = provision(&placed, &lost, &migrator).await.unwrap_err();
     assert!(matches!(err, IsolationError::UnknownServer { .. }), "{err}");
     assert_eq!(
-        databases.on(&second_server_url()).await,
+        databases.on(&postgres_second_server_url()).await,
         Vec::<String>::new()
     );
     assert_eq!(
         databases.on(&postgres_server_url()).await,
-        [format!("{}twin", databases.prefix)]
+        [format!("{}twin", databases.prefix())]
     );
     assert_eq!(opened(), opened_before);
 }
@@ -359,8 +275,8 @@ impl MigrationTarget for PlacedTarget {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_and_migrations_reach_every_server() {
-    server_admin(&second_server_url()).await;
-    let databases = Databases::new();
+    postgres_server_admin(&postgres_second_server_url()).await;
+    let databases = ServerDatabases::new("tpl");
     let placed = placed_pools(&databases);
     let tenants: Vec<Tenant> = (0..6)
         .map(|i| {
@@ -378,7 +294,7 @@ async fn provisioning_and_migrations_reach_every_server() {
     assert_eq!(report.applied(), 6, "{report}");
     let (on_main, on_second) = (
         databases.on(&postgres_server_url()).await,
-        databases.on(&second_server_url()).await,
+        databases.on(&postgres_second_server_url()).await,
     );
     assert_eq!(
         (on_main.len(), on_second.len()),
@@ -410,7 +326,7 @@ async fn provisioning_and_migrations_reach_every_server() {
 
     // Purge goes to the tenant's server too.
     for tenant in &tenants {
-        let mut admin = server_admin(&url_of(tenant)).await;
+        let mut admin = postgres_server_admin(&url_of(tenant)).await;
         placed
             .pools_for(tenant)
             .unwrap()
@@ -423,7 +339,7 @@ async fn provisioning_and_migrations_reach_every_server() {
         Vec::<String>::new()
     );
     assert_eq!(
-        databases.on(&second_server_url()).await,
+        databases.on(&postgres_second_server_url()).await,
         Vec::<String>::new()
     );
 }
@@ -438,7 +354,7 @@ struct Placed {
     deployment: Deployment,
     manager: TenantManager,
     /// Tenant databases, on the default server or on `second`, migrated with `table_1`.
-    databases: Databases,
+    databases: ServerDatabases,
     /// The registry, on the default server.
     registry: TestDatabase,
 }
@@ -447,17 +363,17 @@ struct Placed {
 async fn placed_deployment(
     configure: impl FnOnce(TenancyConfigBuilder) -> TenancyConfigBuilder,
 ) -> Placed {
-    server_admin(&second_server_url()).await;
-    let databases = Databases::new();
+    postgres_server_admin(&postgres_second_server_url()).await;
+    let databases = ServerDatabases::new("tpl");
     let registry = TestDatabase::postgres("tpl_registry").await;
     let config = configure(
         TenancyConfig::builder()
             .database_url(registry.url())
             .isolation_strategy(IsolationMode::Database)
-            .database_prefix(databases.prefix.clone())
+            .database_prefix(databases.prefix().to_owned())
             .connection_budget(4)
             .tenant_pool_max_connections(2)
-            .database_servers([("second", second_server_url())]),
+            .database_servers([("second", postgres_second_server_url())]),
     )
     .build()
     .unwrap();
@@ -515,8 +431,8 @@ async fn a_deployment_provisions_serves_migrates_and_purges_on_the_placed_server
         .unwrap();
     assert_eq!(beta.status, TenantStatus::Active);
 
-    let (main_url, second_url) = (postgres_server_url(), second_server_url());
-    let name = |identifier: &str| format!("{}{identifier}", databases.prefix);
+    let (main_url, second_url) = (postgres_server_url(), postgres_second_server_url());
+    let name = |identifier: &str| format!("{}{identifier}", databases.prefix());
     assert_eq!(databases.on(&main_url).await, [name("acme")]);
     assert_eq!(databases.on(&second_url).await, [name("beta")]);
 
@@ -594,7 +510,7 @@ async fn a_deployment_refuses_a_placement_on_no_configured_server() {
     let report = migrate_all(&target, vec![lost.clone()], &MigrateOptions::new()).await;
     assert_eq!(report.failed(), 1, "{report}");
     assert!(manager.purge(&lost.identifier).await.is_err());
-    for url in [postgres_server_url(), second_server_url()] {
+    for url in [postgres_server_url(), postgres_second_server_url()] {
         assert_eq!(databases.on(&url).await, Vec::<String>::new(), "{url}");
     }
 }
@@ -620,12 +536,12 @@ async fn a_hybrid_deployment_serves_database_tenants_on_their_server() {
     let shared = manager.register(new_tenant("shared", None)).await.unwrap();
 
     let handle = postgres_handle(&deployment);
-    let second_url = second_server_url();
+    let second_url = postgres_second_server_url();
     assert_eq!(
         reached(handle, &dedicated).await,
         (
             port_of(&second_url),
-            format!("{}dedicated", databases.prefix)
+            format!("{}dedicated", databases.prefix())
         )
     );
     assert_eq!(
@@ -638,7 +554,7 @@ async fn a_hybrid_deployment_serves_database_tenants_on_their_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_refuses_database_servers_it_cannot_place_tenants_on() {
-    let servers = [("second", second_server_url())];
+    let servers = [("second", postgres_second_server_url())];
     let registry = TestDatabase::postgres("tpl_registry").await;
     let schema = TenancyConfig::builder()
         .database_url(registry.url())

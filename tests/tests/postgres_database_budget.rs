@@ -18,7 +18,7 @@ use tenancy::sql::database_per_tenant::TenantPoolSettings;
 use tenancy::sql::postgres::{PgDatabaseLocator, PgTenantPools};
 use tenancy::sql::{IsolationError, TenantIsolation};
 use tenancy::{NewTenant, Tenant, TenantIdentifier, TenantStatus};
-use tenancy_tests::{postgres_databases_with_prefix, postgres_server_url, unique_name};
+use tenancy_tests::{ServerDatabases, postgres_server_url};
 
 const BUDGET: u32 = 10;
 
@@ -28,34 +28,6 @@ fn tenant_count() -> usize {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(40)
-}
-
-/// The tenant databases of one test (named from a unique prefix), dropped at the end even when
-/// the test fails.
-struct TenantDatabases {
-    prefix: String,
-}
-
-impl Drop for TenantDatabases {
-    fn drop(&mut self) {
-        let prefix = self.prefix.clone();
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for clean-up")
-                .block_on(async move {
-                    let mut admin = admin_connection().await;
-                    for name in postgres_databases_with_prefix(&prefix).await {
-                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                            .execute(&mut admin)
-                            .await;
-                    }
-                });
-        });
-        let _ = cleanup.join();
-    }
 }
 
 async fn admin_connection() -> PgConnection {
@@ -179,12 +151,10 @@ async fn write_note(pools: &PgTenantPools, tenant: &Tenant) -> Result<(), Isolat
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_budget_holds_on_the_server_with_many_tenants_at_once() {
     let tenant_count = tenant_count();
-    let databases = TenantDatabases {
-        prefix: format!("{}_", unique_name("pgbudget")),
-    };
-    let pools = budget_pools(&databases.prefix, 2);
+    let databases = ServerDatabases::new("pgbudget");
+    let pools = budget_pools(databases.prefix(), 2);
     let tenants = create_tenants(&pools, tenant_count).await;
-    let sampler = ServerSampler::start(&databases.prefix).await;
+    let sampler = ServerSampler::start(databases.prefix()).await;
 
     // 200 short write transactions at once, spread over the tenants.
     let workers: Vec<_> = tenants
@@ -222,13 +192,11 @@ async fn the_budget_holds_on_the_server_with_many_tenants_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_connections_of_earlier_tenants_count_against_the_budget() {
     const PER_TENANT: u32 = 3;
-    let databases = TenantDatabases {
-        prefix: format!("{}_", unique_name("pgidle")),
-    };
-    let pools = budget_pools(&databases.prefix, PER_TENANT);
+    let databases = ServerDatabases::new("pgidle");
+    let pools = budget_pools(databases.prefix(), PER_TENANT);
     // Four times the budget in idle connections if they were not counted.
     let tenants = create_tenants(&pools, (4 * BUDGET / PER_TENANT + 1) as usize).await;
-    let sampler = ServerSampler::start(&databases.prefix).await;
+    let sampler = ServerSampler::start(databases.prefix()).await;
 
     for tenant in &tenants {
         futures_util::future::try_join_all((0..PER_TENANT).map(|_| write_note(&pools, tenant)))
