@@ -55,6 +55,10 @@ enum TenantsCommand {
         /// The tier (hybrid deployments isolate by tier).
         #[arg(long)]
         tier: Option<String>,
+        /// The database server of a database tenant: a name from TENANCY_DATABASE_SERVERS
+        /// (default: the server of TENANCY_DATABASE_URL).
+        #[arg(long)]
+        placement: Option<String>,
     },
     /// Lists the tenants, ordered by identifier.
     List {

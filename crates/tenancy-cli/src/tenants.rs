@@ -46,11 +46,13 @@ impl Operation {
                 identifier,
                 name,
                 tier,
+                placement,
             } => {
                 let identifier =
                     parse(&identifier, |input| config.identifier_policy().parse(input))?;
                 let mut new = NewTenant::new(identifier, name);
                 new.tier = tier;
+                new.placement = placement;
                 Self::Create(new)
             }
             TenantsCommand::List { json, status } => Self::List { json, status },

@@ -1,12 +1,14 @@
 //! End-to-end tests of the `tenancy` binary: run with a cleared environment and explicit
-//! `TENANCY_*` variables, against SQLite files in a temporary directory and a throwaway
-//! PostgreSQL database.
+//! `TENANCY_*` variables, against SQLite files in a temporary directory and throwaway
+//! PostgreSQL databases (on a second server too, for placed tenants; see `scripts/test`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use tenancy_tests::{TestDatabase, unique_name};
+use tenancy_tests::{
+    ServerDatabases, TestDatabase, postgres_second_server_url, postgres_server_url, unique_name,
+};
 
 /// A temporary directory removed at the end of the test.
 struct TempDir(PathBuf);
@@ -357,6 +359,66 @@ async fn postgres_schema_tenants_and_fleet_migrations() {
         .await
         .unwrap();
     assert_eq!(schema, None, "purge drops the schema");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_tenants_are_created_migrated_and_purged_on_their_server() {
+    let registry = TestDatabase::postgres("cli_placed").await;
+    let databases = ServerDatabases::new("cli_tpl");
+    let dir = TempDir::new();
+    let initial = dir.migrations("initial", &[NOTES]);
+    let (main, second) = (postgres_server_url(), postgres_second_server_url());
+    let servers = ("TENANCY_DATABASE_SERVERS", format!("second={second}"));
+    let env = [
+        ("TENANCY_DATABASE_URL", registry.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "database".to_owned()),
+        ("TENANCY_DATABASE_PREFIX", databases.prefix().to_owned()),
+        ("TENANCY_MIGRATIONS_DIR", path(&initial)),
+        servers.clone(),
+    ];
+    tenancy(&env, &["tenants", "create", "acme", "--name", "Acme"]).ok();
+    let beta = tenancy(
+        &env,
+        &[
+            "tenants",
+            "create",
+            "beta",
+            "--name",
+            "Beta",
+            "--placement",
+            "second",
+        ],
+    )
+    .ok();
+    assert!(beta.stdout.contains("placement:  second"), "{beta:?}");
+    let lost = [
+        "tenants",
+        "create",
+        "lost",
+        "--name",
+        "Lost",
+        "--placement",
+        "mars",
+    ];
+    tenancy(&env, &lost).fails(1, "database server 'mars', which is not configured");
+    let name = |identifier: &str| format!("{}{identifier}", databases.prefix());
+    assert_eq!(databases.on(&main).await, [name("acme")]);
+    assert_eq!(databases.on(&second).await, [name("beta")]);
+
+    let v2 = dir.migrations("v2", &[NOTES, TAGS]);
+    let run = tenancy(&env, &["migrate", "--source", &path(&v2)]).fails(1, "1 of 3 tenants");
+    assert!(run.stdout.contains("acme: applied 2"), "{run:?}");
+    assert!(run.stdout.contains("beta: applied 2"), "{run:?}");
+    assert!(run.stdout.contains("lost: failed: "), "{run:?}");
+    assert_eq!(databases.on(&main).await, [name("acme")]);
+
+    tenancy(&env, &["tenants", "delete", "beta", "--purge"]).ok();
+    assert_eq!(databases.on(&second).await, Vec::<String>::new());
+    assert_eq!(databases.on(&main).await, [name("acme")]);
+
+    // Schema tenants have no database to place: the servers are refused, not ignored.
+    let schema = [("TENANCY_DATABASE_URL", registry.url().to_owned()), servers];
+    tenancy(&schema, &["tenants", "list"]).fails(1, "TENANCY_DATABASE_SERVERS is set, but");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
