@@ -657,7 +657,9 @@ pub struct TenancyConfig {
     /// Directory of tenant migrations. Default: none.
     pub migrations_dir: Option<PathBuf>,
     /// Named servers for database-per-tenant placement, same backend as `database_url`; env:
-    /// `name1=postgres://...,name2=postgres://...` (URLs must not contain commas). Default: empty.
+    /// `name1=postgres://...,name2=postgres://...` (URLs must not contain commas). A tenant whose
+    /// placement names a server has its database there; the server's URL serves both requests
+    /// and the creation, migration and removal of tenant databases on it. Default: empty.
     pub database_servers: Vec<(String, SecretUrl)>,
 }
 

@@ -7,7 +7,7 @@
 //! | unset | (database) | one SQLite file each under `TENANCY_DEMO_DATA_DIR/tenants` |
 //! | `postgres://…` | `schema` (default) | a schema each |
 //! | `postgres://…` | `rls` | the shared `orders` table, guarded by row-level security |
-//! | `postgres://…` | `database` | a database each, on the same server |
+//! | `postgres://…` | `database` | a database each, on the server of its placement (`TENANCY_DATABASE_SERVERS`) |
 //! | `postgres://…` | `hybrid` | by tier (`TENANCY_HYBRID_TIER_ISOLATION`) or override |
 //!
 //! The wiring itself is `tenancy_fleet::deployment::Deployment`, shared with the `tenancy` CLI;

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | PostgreSQL schema | create the schema, apply the tenant migrations in it, grant the runtime role | drop the schema |
 //! | PostgreSQL RLS | nothing: the shared tables exist already | delete the tenant's rows from every tenant table |
-//! | database (SQLite file, PostgreSQL database) | create the database, apply the tenant migrations | drop the database |
+//! | database (SQLite file, PostgreSQL database) | create the database (PostgreSQL: on the server of the tenant's placement), apply the tenant migrations | drop the database |
 //! | hybrid | whichever of the above the tenant's mode is | the same |
 //!
 //! Every operation is idempotent, so [`TenantManager::resume`] can run it again after a crash.
