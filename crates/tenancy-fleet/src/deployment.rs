@@ -289,14 +289,6 @@ impl Deployment {
         }
     }
 
-    /// The PostgreSQL servers of database tenants, when `database` is among the modes.
-    pub fn database_servers(&self) -> Option<&PgDatabaseServers> {
-        match &self.parts {
-            Parts::Postgres(pg) => pg.databases.as_ref(),
-            _ => None,
-        }
-    }
-
     /// The isolation mode of the deployment (`hybrid` when tenants differ).
     pub fn mode(&self) -> IsolationMode {
         self.config.effective_isolation()
