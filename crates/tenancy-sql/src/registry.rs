@@ -1,14 +1,15 @@
 //! What the PostgreSQL, MariaDB/MySQL and SQLite registry stores share: the versioned
-//! registry migrations and their ledger, the mapping of sqlx errors to [`StoreError`], and the
-//! decoding of a tenant row.
+//! registry migrations and their ledger, the mapping of sqlx errors to [`StoreError`], the
+//! preparation of a created tenant, and the decoding of a tenant row.
 //!
 //! Every store selects a tenant with the same column order ([`TenantColumn`]), texts where the
 //! databases differ (id, metadata, domains joined by spaces), so one decoder serves all three.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use tenancy_core::{
-    IsolationMode, Metadata, StoreError, Tenant, TenantId, TenantIdentifier, TenantStatus,
+    IsolationMode, Metadata, NewTenant, StoreError, Tenant, TenantId, TenantIdentifier,
+    TenantStatus,
 };
 
 /// One versioned step of the registry schema, applied once and recorded in the ledger table
@@ -41,6 +42,76 @@ pub(crate) fn pending_steps<'a>(
         .iter()
         .filter(|step| !applied.contains(&step.version))
         .collect())
+}
+
+/// Creates the ledger table (`create_ledger`) if it is missing, then applies the steps of
+/// `steps` not yet in it on `conn`, recording each with `record_step` (binds: version,
+/// description, time applied). The caller holds whatever lock serialises migrations.
+pub(crate) async fn apply_pending_steps<DB>(
+    conn: &mut DB::Connection,
+    steps: &[RegistryStep],
+    create_ledger: &'static str,
+    record_step: &'static str,
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    DateTime<Utc>: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    sqlx::raw_sql(create_ledger)
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM tenancy_registry_migrations")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    for step in pending_steps(steps, &applied)? {
+        for statement in step.statements {
+            sqlx::raw_sql(*statement)
+                .execute(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        }
+        sqlx::query(record_step)
+            .bind(step.version)
+            .bind(step.description)
+            .bind(now())
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// The tenant a create writes: `new` validated, its domains normalised, created and updated
+/// now.
+pub(crate) fn tenant_to_create(new: NewTenant) -> Result<Tenant, StoreError> {
+    new.validate()?;
+    let mut tenant = new.into_tenant();
+    tenant.domains = normalized_domains(std::mem::take(&mut tenant.domains));
+    tenant.created_at = now();
+    tenant.updated_at = tenant.created_at;
+    Ok(tenant)
+}
+
+/// The error of a failed tenant insert: a unique violation is
+/// [`StoreError::AlreadyExists`] for `identifier`.
+pub(crate) fn tenant_insert_error(error: sqlx::Error, identifier: &TenantIdentifier) -> StoreError {
+    if is_unique_violation(&error) {
+        StoreError::AlreadyExists(identifier.clone())
+    } else {
+        store_error(error)
+    }
+}
+
+/// A counted number of tenants; a negative count is [`StoreError::Corrupt`].
+pub(crate) fn tenant_count(count: i64) -> Result<u64, StoreError> {
+    u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))
 }
 
 /// Maps a sqlx error: an unreadable value is [`StoreError::Corrupt`], anything else (network,
@@ -187,6 +258,40 @@ where
             .try_get(TenantColumn::UpdatedAt as usize)
             .map_err(store_error)?,
     })
+}
+
+/// The tenant of a fetched row, if one was found (see [`tenant_from_row`]).
+pub(crate) fn optional_tenant<R>(
+    fetched: Result<Option<R>, sqlx::Error>,
+) -> Result<Option<Tenant>, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    DateTime<Utc>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    fetched
+        .map_err(store_error)?
+        .as_ref()
+        .map(tenant_from_row)
+        .transpose()
+}
+
+/// The tenants of fetched rows, in order (see [`tenant_from_row`]).
+pub(crate) fn all_tenants<R>(
+    fetched: Result<Vec<R>, sqlx::Error>,
+) -> Result<Vec<Tenant>, StoreError>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    DateTime<Utc>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+{
+    fetched
+        .map_err(store_error)?
+        .iter()
+        .map(tenant_from_row)
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::QueryBuilder;
-use sqlx::mysql::{MySql, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::mysql::{MySql, MySqlConnection, MySqlPool, MySqlPoolOptions};
 use tenancy_core::{
     ListQuery, Metadata, NewTenant, StoreError, Tenant, TenantId, TenantIdentifier, TenantStatus,
     TenantStore, TenantUpdate, merge_metadata,
 };
 
 use crate::registry::{
-    RegistryStep, is_unique_violation, metadata_text, normalized_domains, now, parse_metadata,
-    pending_steps, predecessor_slots, store_error, tenant_from_row,
+    RegistryStep, all_tenants, apply_pending_steps, is_unique_violation, metadata_text,
+    normalized_domains, now, optional_tenant, parse_metadata, predecessor_slots, store_error,
+    tenant_count, tenant_insert_error, tenant_to_create,
 };
 
 /// Selects tenants from `tenancy_tenants t` in `TenantColumn` order, followed by the given SQL.
@@ -65,6 +66,17 @@ const STEPS: &[RegistryStep] = &[RegistryStep {
         ) ENGINE = InnoDB",
     ],
 }];
+
+/// Creates the ledger of applied registry steps.
+const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS tenancy_registry_migrations (
+    version BIGINT NOT NULL PRIMARY KEY,
+    description VARCHAR(200) NOT NULL,
+    applied_at DATETIME(6) NOT NULL
+) ENGINE = InnoDB";
+
+/// Records an applied registry step in the ledger: version, description, time applied.
+const RECORD_STEP: &str =
+    "INSERT INTO tenancy_registry_migrations (version, description, applied_at) VALUES (?, ?, ?)";
 
 /// A [`TenantStore`] on MariaDB/MySQL.
 ///
@@ -133,7 +145,7 @@ impl MySqlStore {
                 "timed out waiting for another process to migrate the tenant registry",
             ));
         }
-        apply_pending_steps(&mut conn).await?;
+        apply_pending_steps::<MySql>(&mut conn, STEPS, CREATE_LEDGER, RECORD_STEP).await?;
         sqlx::query("DO RELEASE_LOCK(?)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *conn)
@@ -172,43 +184,6 @@ impl MySqlStore {
     }
 }
 
-/// Applies the steps not yet in the ledger, on the locked connection.
-async fn apply_pending_steps(conn: &mut MySqlConnection) -> Result<(), StoreError> {
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS tenancy_registry_migrations (
-            version BIGINT NOT NULL PRIMARY KEY,
-            description VARCHAR(200) NOT NULL,
-            applied_at DATETIME(6) NOT NULL
-        ) ENGINE = InnoDB",
-    )
-    .execute(&mut *conn)
-    .await
-    .map_err(store_error)?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM tenancy_registry_migrations")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(store_error)?;
-    for step in pending_steps(STEPS, &applied)? {
-        for statement in step.statements {
-            sqlx::raw_sql(*statement)
-                .execute(&mut *conn)
-                .await
-                .map_err(store_error)?;
-        }
-        sqlx::query(
-            "INSERT INTO tenancy_registry_migrations (version, description, applied_at) \
-             VALUES (?, ?, ?)",
-        )
-        .bind(step.version)
-        .bind(step.description)
-        .bind(now())
-        .execute(&mut *conn)
-        .await
-        .map_err(store_error)?;
-    }
-    Ok(())
-}
-
 /// Inserts the (normalised) domains of tenant `id` in one statement.
 async fn insert_domains(
     conn: &mut MySqlConnection,
@@ -233,18 +208,12 @@ async fn fetch_tenant(
     conn: &mut MySqlConnection,
     identifier: &TenantIdentifier,
 ) -> Result<Option<Tenant>, StoreError> {
-    sqlx::query(tenant_query!("WHERE t.identifier = ?"))
-        .bind(identifier.as_str())
-        .fetch_optional(conn)
-        .await
-        .map_err(store_error)?
-        .as_ref()
-        .map(decode)
-        .transpose()
-}
-
-fn decode(row: &MySqlRow) -> Result<Tenant, StoreError> {
-    tenant_from_row(row)
+    optional_tenant(
+        sqlx::query(tenant_query!("WHERE t.identifier = ?"))
+            .bind(identifier.as_str())
+            .fetch_optional(conn)
+            .await,
+    )
 }
 
 #[async_trait]
@@ -255,38 +224,30 @@ impl TenantStore for MySqlStore {
     }
 
     async fn get_by_id(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
-        sqlx::query(tenant_query!("WHERE t.id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(decode)
-            .transpose()
+        optional_tenant(
+            sqlx::query(tenant_query!("WHERE t.id = ?"))
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await,
+        )
     }
 
     async fn get_by_domain(&self, domain: &str) -> Result<Option<Tenant>, StoreError> {
-        sqlx::query(tenant_query!(
-            "JOIN tenancy_tenant_domains owned ON owned.tenant_id = t.id ",
-            "WHERE owned.domain = ?"
-        ))
-        .bind(domain)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?
-        .as_ref()
-        .map(decode)
-        .transpose()
+        optional_tenant(
+            sqlx::query(tenant_query!(
+                "JOIN tenancy_tenant_domains owned ON owned.tenant_id = t.id ",
+                "WHERE owned.domain = ?"
+            ))
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await,
+        )
     }
 
     async fn create(&self, new: NewTenant) -> Result<Tenant, StoreError> {
-        new.validate()?;
-        let mut tenant = new.into_tenant();
-        tenant.domains = normalized_domains(std::mem::take(&mut tenant.domains));
-        tenant.created_at = now();
-        tenant.updated_at = tenant.created_at;
+        let tenant = tenant_to_create(new)?;
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let inserted = sqlx::query(
+        sqlx::query(
             "INSERT INTO tenancy_tenants (id, identifier, name, status, tier, isolation, \
              placement, metadata, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -302,14 +263,8 @@ impl TenantStore for MySqlStore {
         .bind(tenant.created_at)
         .bind(tenant.updated_at)
         .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(error) if is_unique_violation(&error) => {
-                return Err(StoreError::AlreadyExists(tenant.identifier));
-            }
-            Err(error) => return Err(store_error(error)),
-        }
+        .await
+        .map_err(|error| tenant_insert_error(error, &tenant.identifier))?;
         if let Err(error) = insert_domains(&mut tx, tenant.id, &tenant.domains).await {
             drop(tx);
             return Err(self.domain_error(error, tenant.id, &tenant.domains).await);
@@ -447,21 +402,19 @@ impl TenantStore for MySqlStore {
     async fn list(&self, query: ListQuery) -> Result<Vec<Tenant>, StoreError> {
         let status = query.status.map(TenantStatus::as_str);
         let after = query.after.as_ref().map(TenantIdentifier::as_str);
-        sqlx::query(tenant_query!(
-            "WHERE (? IS NULL OR t.status = ?) AND (? IS NULL OR t.identifier > ?) ",
-            "ORDER BY t.identifier LIMIT ?"
-        ))
-        .bind(status)
-        .bind(status)
-        .bind(after)
-        .bind(after)
-        .bind(i64::from(query.effective_limit()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?
-        .iter()
-        .map(decode)
-        .collect()
+        all_tenants(
+            sqlx::query(tenant_query!(
+                "WHERE (? IS NULL OR t.status = ?) AND (? IS NULL OR t.identifier > ?) ",
+                "ORDER BY t.identifier LIMIT ?"
+            ))
+            .bind(status)
+            .bind(status)
+            .bind(after)
+            .bind(after)
+            .bind(i64::from(query.effective_limit()))
+            .fetch_all(&self.pool)
+            .await,
+        )
     }
 
     async fn count(&self, status: Option<TenantStatus>) -> Result<u64, StoreError> {
@@ -474,6 +427,6 @@ impl TenantStore for MySqlStore {
         .fetch_one(&self.pool)
         .await
         .map_err(store_error)?;
-        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))
+        tenant_count(count)
     }
 }

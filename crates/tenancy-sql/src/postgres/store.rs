@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::PgConnection;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions, Postgres};
 use sqlx::types::Json;
 use tenancy_core::{
     ListQuery, Metadata, NewTenant, StoreError, Tenant, TenantId, TenantIdentifier, TenantStatus,
@@ -13,8 +13,9 @@ use tenancy_core::{
 };
 
 use crate::registry::{
-    RegistryStep, is_unique_violation, normalized_domains, now, parse_metadata, parse_status,
-    pending_steps, predecessor_slots, store_error, tenant_from_row,
+    RegistryStep, all_tenants, apply_pending_steps, is_unique_violation, normalized_domains, now,
+    optional_tenant, parse_metadata, parse_status, predecessor_slots, store_error, tenant_count,
+    tenant_from_row, tenant_insert_error, tenant_to_create,
 };
 
 /// The tenant columns in `TenantColumn` order, read from a relation aliased `t`.
@@ -73,6 +74,16 @@ const STEPS: &[RegistryStep] = &[RegistryStep {
     ],
 }];
 
+/// Creates the ledger of applied registry steps.
+const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS tenancy_registry_migrations (
+    version bigint PRIMARY KEY,
+    description text NOT NULL,
+    applied_at timestamptz NOT NULL
+)";
+
+/// Records an applied registry step in the ledger: version, description, time applied.
+const RECORD_STEP: &str = "INSERT INTO tenancy_registry_migrations (version, description, applied_at) VALUES ($1, $2, $3)";
+
 /// A [`TenantStore`] on PostgreSQL.
 ///
 /// Creates are race-safe through the unique identifier, status changes are one
@@ -129,39 +140,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS tenancy_registry_migrations (
-                version bigint PRIMARY KEY,
-                description text NOT NULL,
-                applied_at timestamptz NOT NULL
-            )",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM tenancy_registry_migrations")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        for step in pending_steps(STEPS, &applied)? {
-            for statement in step.statements {
-                sqlx::raw_sql(*statement)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            }
-            sqlx::query(
-                "INSERT INTO tenancy_registry_migrations (version, description, applied_at) \
-                 VALUES ($1, $2, $3)",
-            )
-            .bind(step.version)
-            .bind(step.description)
-            .bind(now())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        }
+        apply_pending_steps::<Postgres>(&mut tx, STEPS, CREATE_LEDGER, RECORD_STEP).await?;
         tx.commit().await.map_err(store_error)
     }
 
@@ -210,56 +189,42 @@ async fn insert_domains(
     Ok(())
 }
 
-fn decode(row: &PgRow) -> Result<Tenant, StoreError> {
-    tenant_from_row(row)
-}
-
 #[async_trait]
 impl TenantStore for PgStore {
     async fn get(&self, identifier: &TenantIdentifier) -> Result<Option<Tenant>, StoreError> {
-        sqlx::query(tenant_query!("WHERE t.identifier = $1"))
-            .bind(identifier.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(decode)
-            .transpose()
+        optional_tenant(
+            sqlx::query(tenant_query!("WHERE t.identifier = $1"))
+                .bind(identifier.as_str())
+                .fetch_optional(&self.pool)
+                .await,
+        )
     }
 
     async fn get_by_id(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
-        sqlx::query(tenant_query!("WHERE t.id = $1"))
-            .bind(id.0)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(decode)
-            .transpose()
+        optional_tenant(
+            sqlx::query(tenant_query!("WHERE t.id = $1"))
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await,
+        )
     }
 
     async fn get_by_domain(&self, domain: &str) -> Result<Option<Tenant>, StoreError> {
-        sqlx::query(tenant_query!(
-            "JOIN tenancy_tenant_domains owned ON owned.tenant_id = t.id ",
-            "WHERE owned.domain = $1"
-        ))
-        .bind(domain)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?
-        .as_ref()
-        .map(decode)
-        .transpose()
+        optional_tenant(
+            sqlx::query(tenant_query!(
+                "JOIN tenancy_tenant_domains owned ON owned.tenant_id = t.id ",
+                "WHERE owned.domain = $1"
+            ))
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await,
+        )
     }
 
     async fn create(&self, new: NewTenant) -> Result<Tenant, StoreError> {
-        new.validate()?;
-        let mut tenant = new.into_tenant();
-        tenant.domains = normalized_domains(std::mem::take(&mut tenant.domains));
-        tenant.created_at = now();
-        tenant.updated_at = tenant.created_at;
+        let tenant = tenant_to_create(new)?;
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let inserted = sqlx::query(
+        sqlx::query(
             "INSERT INTO tenancy_tenants (id, identifier, name, status, tier, isolation, \
              placement, metadata, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
@@ -274,14 +239,8 @@ impl TenantStore for PgStore {
         .bind(Json(&tenant.metadata))
         .bind(tenant.created_at)
         .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(error) if is_unique_violation(&error) => {
-                return Err(StoreError::AlreadyExists(tenant.identifier));
-            }
-            Err(error) => return Err(store_error(error)),
-        }
+        .await
+        .map_err(|error| tenant_insert_error(error, &tenant.identifier))?;
         if let Err(error) = insert_domains(&mut tx, tenant.id, &tenant.domains).await {
             drop(tx);
             return Err(self.domain_error(error, tenant.id, &tenant.domains).await);
@@ -332,7 +291,7 @@ impl TenantStore for PgStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(store_error)?;
-        let tenant = decode(&row)?;
+        let tenant = tenant_from_row(&row)?;
         tx.commit().await.map_err(store_error)?;
         Ok(tenant)
     }
@@ -360,7 +319,7 @@ impl TenantStore for PgStore {
             .await
             .map_err(store_error)?;
             if let Some(row) = changed {
-                return decode(&row);
+                return tenant_from_row(&row);
             }
             let current: Option<String> =
                 sqlx::query_scalar("SELECT status FROM tenancy_tenants WHERE identifier = $1")
@@ -400,7 +359,7 @@ impl TenantStore for PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
-        let tenant = decode(&row)?;
+        let tenant = tenant_from_row(&row)?;
         tx.commit().await.map_err(store_error)?;
         Ok(tenant)
     }
@@ -415,20 +374,18 @@ impl TenantStore for PgStore {
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Tenant>, StoreError> {
-        sqlx::query(tenant_query!(
-            "WHERE ($1::text IS NULL OR t.status = $1) ",
-            "AND ($2::text IS NULL OR t.identifier > $2) ",
-            "ORDER BY t.identifier LIMIT $3"
-        ))
-        .bind(query.status.map(TenantStatus::as_str))
-        .bind(query.after.as_ref().map(TenantIdentifier::as_str))
-        .bind(i64::from(query.effective_limit()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?
-        .iter()
-        .map(decode)
-        .collect()
+        all_tenants(
+            sqlx::query(tenant_query!(
+                "WHERE ($1::text IS NULL OR t.status = $1) ",
+                "AND ($2::text IS NULL OR t.identifier > $2) ",
+                "ORDER BY t.identifier LIMIT $3"
+            ))
+            .bind(query.status.map(TenantStatus::as_str))
+            .bind(query.after.as_ref().map(TenantIdentifier::as_str))
+            .bind(i64::from(query.effective_limit()))
+            .fetch_all(&self.pool)
+            .await,
+        )
     }
 
     async fn count(&self, status: Option<TenantStatus>) -> Result<u64, StoreError> {
@@ -439,6 +396,6 @@ impl TenantStore for PgStore {
         .fetch_one(&self.pool)
         .await
         .map_err(store_error)?;
-        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))
+        tenant_count(count)
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
 };
 use tenancy_core::{
     ListQuery, Metadata, NewTenant, StoreError, Tenant, TenantId, TenantIdentifier, TenantStatus,
@@ -19,8 +19,9 @@ use tenancy_core::{
 };
 
 use crate::registry::{
-    RegistryStep, is_unique_violation, metadata_text, normalized_domains, now, parse_metadata,
-    pending_steps, predecessor_slots, store_error, tenant_from_row,
+    RegistryStep, all_tenants, apply_pending_steps, is_unique_violation, metadata_text,
+    normalized_domains, now, optional_tenant, parse_metadata, predecessor_slots, store_error,
+    tenant_count, tenant_insert_error, tenant_to_create,
 };
 
 /// Selects tenants from `tenancy_tenants t` in `TenantColumn` order, followed by the given SQL.
@@ -65,6 +66,17 @@ const STEPS: &[RegistryStep] = &[RegistryStep {
             ON tenancy_tenant_domains (tenant_id)",
     ],
 }];
+
+/// Creates the ledger of applied registry steps.
+const CREATE_LEDGER: &str = "CREATE TABLE IF NOT EXISTS tenancy_registry_migrations (
+    version INTEGER NOT NULL PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+)";
+
+/// Records an applied registry step in the ledger: version, description, time applied.
+const RECORD_STEP: &str =
+    "INSERT INTO tenancy_registry_migrations (version, description, applied_at) VALUES (?, ?, ?)";
 
 /// A [`TenantStore`] in a SQLite database file.
 ///
@@ -135,39 +147,7 @@ impl SqliteStore {
             .begin_with(BEGIN_WRITE)
             .await
             .map_err(store_error)?;
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS tenancy_registry_migrations (
-                version INTEGER NOT NULL PRIMARY KEY,
-                description TEXT NOT NULL,
-                applied_at TEXT NOT NULL
-            )",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM tenancy_registry_migrations")
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        for step in pending_steps(STEPS, &applied)? {
-            for statement in step.statements {
-                sqlx::raw_sql(*statement)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            }
-            sqlx::query(
-                "INSERT INTO tenancy_registry_migrations (version, description, applied_at) \
-                 VALUES (?, ?, ?)",
-            )
-            .bind(step.version)
-            .bind(step.description)
-            .bind(now())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        }
+        apply_pending_steps::<Sqlite>(&mut tx, STEPS, CREATE_LEDGER, RECORD_STEP).await?;
         tx.commit().await.map_err(store_error)
     }
 }
@@ -203,18 +183,12 @@ async fn fetch_tenant(
     conn: &mut SqliteConnection,
     identifier: &TenantIdentifier,
 ) -> Result<Option<Tenant>, StoreError> {
-    sqlx::query(tenant_query!("WHERE t.identifier = ?"))
-        .bind(identifier.as_str())
-        .fetch_optional(conn)
-        .await
-        .map_err(store_error)?
-        .as_ref()
-        .map(decode)
-        .transpose()
-}
-
-fn decode(row: &SqliteRow) -> Result<Tenant, StoreError> {
-    tenant_from_row(row)
+    optional_tenant(
+        sqlx::query(tenant_query!("WHERE t.identifier = ?"))
+            .bind(identifier.as_str())
+            .fetch_optional(conn)
+            .await,
+    )
 }
 
 #[async_trait]
@@ -225,43 +199,35 @@ impl TenantStore for SqliteStore {
     }
 
     async fn get_by_id(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
-        sqlx::query(tenant_query!("WHERE t.id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .as_ref()
-            .map(decode)
-            .transpose()
+        optional_tenant(
+            sqlx::query(tenant_query!("WHERE t.id = ?"))
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await,
+        )
     }
 
     async fn get_by_domain(&self, domain: &str) -> Result<Option<Tenant>, StoreError> {
-        sqlx::query(tenant_query!(
-            "JOIN tenancy_tenant_domains owned ON owned.tenant_id = t.id ",
-            "WHERE owned.domain = ?"
-        ))
-        .bind(domain)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?
-        .as_ref()
-        .map(decode)
-        .transpose()
+        optional_tenant(
+            sqlx::query(tenant_query!(
+                "JOIN tenancy_tenant_domains owned ON owned.tenant_id = t.id ",
+                "WHERE owned.domain = ?"
+            ))
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await,
+        )
     }
 
     async fn create(&self, new: NewTenant) -> Result<Tenant, StoreError> {
-        new.validate()?;
-        let mut tenant = new.into_tenant();
-        tenant.domains = normalized_domains(std::mem::take(&mut tenant.domains));
-        tenant.created_at = now();
-        tenant.updated_at = tenant.created_at;
+        let tenant = tenant_to_create(new)?;
         let id = tenant.id.to_string();
         let mut tx = self
             .pool
             .begin_with(BEGIN_WRITE)
             .await
             .map_err(store_error)?;
-        let inserted = sqlx::query(
+        sqlx::query(
             "INSERT INTO tenancy_tenants (id, identifier, name, status, tier, isolation, \
              placement, metadata, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -277,14 +243,8 @@ impl TenantStore for SqliteStore {
         .bind(tenant.created_at)
         .bind(tenant.updated_at)
         .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(error) if is_unique_violation(&error) => {
-                return Err(StoreError::AlreadyExists(tenant.identifier));
-            }
-            Err(error) => return Err(store_error(error)),
-        }
+        .await
+        .map_err(|error| tenant_insert_error(error, &tenant.identifier))?;
         insert_domains(&mut tx, &id, &tenant.domains).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(tenant)
@@ -411,19 +371,17 @@ impl TenantStore for SqliteStore {
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Tenant>, StoreError> {
-        sqlx::query(tenant_query!(
-            "WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.identifier > ?2) ",
-            "ORDER BY t.identifier LIMIT ?3"
-        ))
-        .bind(query.status.map(TenantStatus::as_str))
-        .bind(query.after.as_ref().map(TenantIdentifier::as_str))
-        .bind(i64::from(query.effective_limit()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?
-        .iter()
-        .map(decode)
-        .collect()
+        all_tenants(
+            sqlx::query(tenant_query!(
+                "WHERE (?1 IS NULL OR t.status = ?1) AND (?2 IS NULL OR t.identifier > ?2) ",
+                "ORDER BY t.identifier LIMIT ?3"
+            ))
+            .bind(query.status.map(TenantStatus::as_str))
+            .bind(query.after.as_ref().map(TenantIdentifier::as_str))
+            .bind(i64::from(query.effective_limit()))
+            .fetch_all(&self.pool)
+            .await,
+        )
     }
 
     async fn count(&self, status: Option<TenantStatus>) -> Result<u64, StoreError> {
@@ -434,6 +392,6 @@ impl TenantStore for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(store_error)?;
-        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))
+        tenant_count(count)
     }
 }
