@@ -4,6 +4,10 @@
 //!
 //! Every store selects a tenant with the same column order ([`TenantColumn`]), texts where the
 //! databases differ (id, metadata, domains joined by spaces), so one decoder serves all three.
+//! MariaDB/MySQL and SQLite share the rest of their store too, in `positional`.
+
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) mod positional;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
