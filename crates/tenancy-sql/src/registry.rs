@@ -281,23 +281,6 @@ where
         .transpose()
 }
 
-/// The tenants of fetched rows, in order (see [`tenant_from_row`]).
-pub(crate) fn all_tenants<R>(
-    fetched: Result<Vec<R>, sqlx::Error>,
-) -> Result<Vec<Tenant>, StoreError>
-where
-    R: Row,
-    usize: ColumnIndex<R>,
-    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-    DateTime<Utc>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
-{
-    fetched
-        .map_err(store_error)?
-        .iter()
-        .map(tenant_from_row)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use tenancy_core::{
 };
 
 use crate::registry::{
-    RegistryStep, all_tenants, apply_pending_steps, is_unique_violation, normalized_domains, now,
+    RegistryStep, apply_pending_steps, is_unique_violation, normalized_domains, now,
     optional_tenant, parse_metadata, parse_status, predecessor_slots, store_error, tenant_count,
     tenant_from_row, tenant_insert_error, tenant_to_create,
 };
@@ -374,18 +374,20 @@ impl TenantStore for PgStore {
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Tenant>, StoreError> {
-        all_tenants(
-            sqlx::query(tenant_query!(
-                "WHERE ($1::text IS NULL OR t.status = $1) ",
-                "AND ($2::text IS NULL OR t.identifier > $2) ",
-                "ORDER BY t.identifier LIMIT $3"
-            ))
-            .bind(query.status.map(TenantStatus::as_str))
-            .bind(query.after.as_ref().map(TenantIdentifier::as_str))
-            .bind(i64::from(query.effective_limit()))
-            .fetch_all(&self.pool)
-            .await,
-        )
+        sqlx::query(tenant_query!(
+            "WHERE ($1::text IS NULL OR t.status = $1) ",
+            "AND ($2::text IS NULL OR t.identifier > $2) ",
+            "ORDER BY t.identifier LIMIT $3"
+        ))
+        .bind(query.status.map(TenantStatus::as_str))
+        .bind(query.after.as_ref().map(TenantIdentifier::as_str))
+        .bind(i64::from(query.effective_limit()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(tenant_from_row)
+        .collect()
     }
 
     async fn count(&self, status: Option<TenantStatus>) -> Result<u64, StoreError> {

@@ -18,8 +18,8 @@ use tenancy_core::{
 };
 
 use crate::registry::{
-    all_tenants, metadata_text, normalized_domains, now, optional_tenant, parse_metadata,
-    predecessor_slots, store_error, tenant_count, tenant_insert_error, tenant_to_create,
+    metadata_text, normalized_domains, now, optional_tenant, parse_metadata, predecessor_slots,
+    store_error, tenant_count, tenant_from_row, tenant_insert_error, tenant_to_create,
 };
 
 /// Records an applied registry step in the ledger: version, description, time applied.
@@ -361,16 +361,18 @@ where
     pub(crate) async fn list(&self, query: ListQuery) -> Result<Vec<Tenant>, StoreError> {
         let status = query.status.map(TenantStatus::as_str);
         let after = query.after.as_ref().map(TenantIdentifier::as_str);
-        all_tenants(
-            sqlx::query(DB::QUERIES.tenant_page)
-                .bind(status)
-                .bind(status)
-                .bind(after)
-                .bind(after)
-                .bind(i64::from(query.effective_limit()))
-                .fetch_all(&self.pool)
-                .await,
-        )
+        sqlx::query(DB::QUERIES.tenant_page)
+            .bind(status)
+            .bind(status)
+            .bind(after)
+            .bind(after)
+            .bind(i64::from(query.effective_limit()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(tenant_from_row)
+            .collect()
     }
 
     /// How many tenants there are, only those in `status` if given.
