@@ -79,7 +79,8 @@ pub async fn run(command: TenantsCommand) -> Result<(), CliError> {
         shared: None,
     };
     let deployment = Deployment::connect(&config, migrations, None).await?;
-    let mut manager = TenantManager::new(deployment.store(), deployment.provisioner());
+    let mut manager = TenantManager::new(deployment.store(), deployment.provisioner())
+        .with_hook(deployment.placement_check());
     if let Some(url) = &config.redis_url {
         // Running servers sharing this Redis evict the tenant at once instead of after their
         // cache TTL: the cached store publishes every lifecycle change.

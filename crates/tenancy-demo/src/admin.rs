@@ -57,6 +57,7 @@ struct CreateTenant {
     identifier: String,
     name: String,
     tier: Option<String>,
+    placement: Option<String>,
     #[serde(default)]
     metadata: Metadata,
 }
@@ -68,6 +69,7 @@ async fn create(
     let identifier = TenantIdentifier::parse(&body.identifier)?;
     let mut new = NewTenant::new(identifier, body.name).with_metadata(body.metadata);
     new.tier = body.tier;
+    new.placement = body.placement;
     let tenant = state.manager.register(new).await?;
     Ok((StatusCode::CREATED, Json(tenant)))
 }

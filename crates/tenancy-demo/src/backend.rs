@@ -40,6 +40,8 @@ pub struct Backend {
     pub store: Arc<dyn TenantStore>,
     /// Creates and purges tenants' data.
     pub provisioner: Arc<dyn Provisioner>,
+    /// Refuses a new tenant placed on a server the deployment does not have.
+    pub placement_check: Arc<dyn LifecycleHook>,
     /// The tenant API, with its isolation handle installed.
     pub tenant_routes: Router,
     /// What runs, for the start-up log.
@@ -77,7 +79,9 @@ pub async fn start(
     let deployment = Deployment::connect(config, migrations, settings.data_dir.as_deref())
         .await
         .map_err(|error| match error {
-            DeploymentError::RlsRefused { .. } | DeploymentError::UnsupportedDatabase(_) => {
+            DeploymentError::RlsRefused { .. }
+            | DeploymentError::UnsupportedDatabase(_)
+            | DeploymentError::DatabaseServersUnsupported(_) => {
                 StartupError::Refused(error.to_string())
             }
             error => StartupError::backend("storage", error),
@@ -90,6 +94,7 @@ pub async fn start(
     Ok(Backend {
         store: deployment.store(),
         provisioner: deployment.provisioner(),
+        placement_check: deployment.placement_check(),
         tenant_routes,
         description: deployment.description(),
     })

@@ -45,7 +45,8 @@ async fn run() -> Result<(), StartupError> {
     let backend = backend::start(&config, &settings).await?;
     let tenancy = backend::tenancy_services(&config, backend.store.clone()).await?;
 
-    let mut manager = TenantManager::new(backend.store.clone(), backend.provisioner.clone());
+    let mut manager = TenantManager::new(backend.store.clone(), backend.provisioner.clone())
+        .with_hook(backend.placement_check.clone());
     for hook in tenancy.hooks {
         manager = manager.with_hook(hook);
     }

@@ -30,9 +30,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::Postgres;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use tenancy_core::manager::Provisioner;
+use tenancy_core::manager::{LifecycleHook, Provisioner};
 use tenancy_core::{
-    Backend, BoxError, IsolationMode, SecretUrl, TenancyConfig, Tenant, TenantStore,
+    Backend, BoxError, IsolationMode, NewTenant, SecretUrl, TenancyConfig, Tenant, TenantStore,
 };
 use tenancy_sql::database_per_tenant::TenantPoolSettings;
 use tenancy_sql::placement::PlacedPools;
@@ -119,6 +119,34 @@ fn setup<E: Into<BoxError>>(
         what,
         variable,
         source: error.into(),
+    }
+}
+
+/// The placements a deployment can serve: the names of `TENANCY_DATABASE_SERVERS` (see
+/// [`Deployment::placement_check`]).
+struct KnownPlacements {
+    servers: Vec<String>,
+}
+
+#[async_trait]
+impl LifecycleHook for KnownPlacements {
+    async fn before_register(&self, new: &NewTenant) -> Result<(), BoxError> {
+        let Some(placement) = new.placement.as_deref() else {
+            return Ok(());
+        };
+        if self.servers.iter().any(|server| server == placement) {
+            return Ok(());
+        }
+        let known = if self.servers.is_empty() {
+            "none".to_owned()
+        } else {
+            self.servers.join(", ")
+        };
+        Err(format!(
+            "placement '{placement}' names no database server of this deployment \
+             (TENANCY_DATABASE_SERVERS: {known})"
+        )
+        .into())
     }
 }
 
@@ -297,6 +325,30 @@ impl Deployment {
     /// What runs, in a few words (for a start-up log).
     pub fn description(&self) -> &'static str {
         self.description
+    }
+
+    /// A hook for the [`TenantManager`](tenancy_core::manager::TenantManager) that refuses,
+    /// before anything is written, a new tenant whose [`placement`](NewTenant::placement) names
+    /// no server of `TENANCY_DATABASE_SERVERS`. Without it such a tenant is registered, then its
+    /// provisioning fails and leaves it `provisioning_failed`.
+    ///
+    /// ```no_run
+    /// # async fn run(deployment: tenancy_fleet::deployment::Deployment) {
+    /// use tenancy_core::manager::TenantManager;
+    ///
+    /// let manager = TenantManager::new(deployment.store(), deployment.provisioner())
+    ///     .with_hook(deployment.placement_check());
+    /// # }
+    /// ```
+    pub fn placement_check(&self) -> Arc<dyn LifecycleHook> {
+        Arc::new(KnownPlacements {
+            servers: self
+                .config
+                .database_servers
+                .iter()
+                .map(|(name, _)| name.clone())
+                .collect(),
+        })
     }
 
     /// The target that brings every tenant up to `migrations`, for [`crate::migrate_all`]:
