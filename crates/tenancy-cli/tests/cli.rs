@@ -400,16 +400,18 @@ async fn postgres_database_tenants_are_created_migrated_and_purged_on_their_serv
         "--placement",
         "mars",
     ];
-    tenancy(&env, &lost).fails(1, "database server 'mars', which is not configured");
+    // Refused before the registry row is written: nothing to resume or clean up.
+    tenancy(&env, &lost).fails(1, "placement 'mars' names no database server");
+    let listed = tenancy(&env, &["tenants", "list"]).ok();
+    assert!(!listed.stdout.contains("lost"), "{listed:?}");
     let name = |identifier: &str| format!("{}{identifier}", databases.prefix());
     assert_eq!(databases.on(&main).await, [name("acme")]);
     assert_eq!(databases.on(&second).await, [name("beta")]);
 
     let v2 = dir.migrations("v2", &[NOTES, TAGS]);
-    let run = tenancy(&env, &["migrate", "--source", &path(&v2)]).fails(1, "1 of 3 tenants");
+    let run = tenancy(&env, &["migrate", "--source", &path(&v2)]).ok();
     assert!(run.stdout.contains("acme: applied 2"), "{run:?}");
     assert!(run.stdout.contains("beta: applied 2"), "{run:?}");
-    assert!(run.stdout.contains("lost: failed: "), "{run:?}");
     assert_eq!(databases.on(&main).await, [name("acme")]);
 
     tenancy(&env, &["tenants", "delete", "beta", "--purge"]).ok();

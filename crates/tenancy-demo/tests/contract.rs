@@ -5,7 +5,10 @@ mod demo_server;
 
 use demo_server::DemoServer;
 use serde_json::json;
-use tenancy_tests::{RedisKeys, TestDatabase, TestRole, mysql_server_url, redis_url, unique_name};
+use tenancy_tests::{
+    RedisKeys, ServerDatabases, TestDatabase, TestRole, mysql_server_url,
+    postgres_second_server_url, postgres_server_url, redis_url, unique_name,
+};
 
 /// A temporary directory removed at the end of the test.
 struct TempDir(std::path::PathBuf);
@@ -58,6 +61,22 @@ async fn check_contract(server: &DemoServer, second_tier: Option<&str>) {
         .await;
     assert!(matches!(invalid.status, 400 | 422), "{}", invalid.text);
     assert!(invalid.detail().contains("lowercase"), "{}", invalid.text);
+    // A placement on a server the deployment does not have is refused before anything is
+    // written (no tenant is left `provisioning_failed`).
+    let misplaced = server
+        .admin(
+            "POST",
+            "/admin/tenants",
+            Some(&json!({ "identifier": "initech", "name": "Initech", "placement": "mars" })),
+        )
+        .await;
+    assert_eq!(misplaced.status, 422, "{}", misplaced.text);
+    assert!(
+        misplaced.detail().contains("placement 'mars'")
+            && misplaced.detail().contains("TENANCY_DATABASE_SERVERS"),
+        "{}",
+        misplaced.text
+    );
     let no_token = server.request("GET", "/admin/tenants", &[], None).await;
     assert_eq!(no_token.status, 401);
     let wrong_token = server
@@ -219,13 +238,14 @@ async fn postgres_row_level_security_with_a_runtime_role() {
 async fn postgres_database_per_tenant_with_a_runtime_role() {
     let role = TestRole::create("demo_dbrt").await;
     let db = TestDatabase::postgres("demo_dbpt").await;
-    // Tenant databases are named from this prefix, unique to the test, and dropped with it.
-    let prefix = format!("{}_", db.name());
+    // Dropped before the role (declared after it), also when the test fails before the purge:
+    // the role cannot be dropped while tenant databases grant it privileges.
+    let databases = ServerDatabases::new("demo_dbpt");
     let server = DemoServer::start(&[
         ("TENANCY_DATABASE_URL", role.url(db.name())),
         ("TENANCY_ADMIN_DATABASE_URL", db.url().to_owned()),
         ("TENANCY_ISOLATION_STRATEGY", "database".into()),
-        ("TENANCY_DATABASE_PREFIX", prefix.clone()),
+        ("TENANCY_DATABASE_PREFIX", databases.prefix().to_owned()),
     ]);
     check_contract(&server, None).await;
     for tenant in ["acme", "globex"] {
@@ -238,8 +258,42 @@ async fn postgres_database_per_tenant_with_a_runtime_role() {
             .await;
         assert!(matches!(reply.status, 200 | 204), "{}", reply.text);
     }
-    let left = tenancy_tests::postgres_databases_with_prefix(&prefix).await;
+    let left = databases.on(&postgres_server_url()).await;
     assert!(left.is_empty(), "purge left databases behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_tenants_live_on_the_server_of_their_placement() {
+    let db = TestDatabase::postgres("demo_placed").await;
+    let databases = ServerDatabases::new("demo_placed");
+    let second = postgres_second_server_url();
+    let server = DemoServer::start(&[
+        ("TENANCY_DATABASE_URL", db.url().to_owned()),
+        ("TENANCY_ISOLATION_STRATEGY", "database".into()),
+        ("TENANCY_DATABASE_PREFIX", databases.prefix().to_owned()),
+        ("TENANCY_DATABASE_SERVERS", format!("second={second}")),
+    ]);
+    server.create_tenant("acme", None).await;
+    let placed = server
+        .admin(
+            "POST",
+            "/admin/tenants",
+            Some(&json!({ "identifier": "globex", "name": "Globex", "placement": "second" })),
+        )
+        .await;
+    assert_eq!(placed.status, 201, "{}", placed.text);
+    assert_eq!(placed.json()["placement"], "second");
+    for tenant in ["acme", "globex"] {
+        let order = server
+            .post_as(tenant, &format!("/orders?description={tenant}"))
+            .await;
+        assert_eq!(order.status, 201, "{}", order.text);
+        let orders = server.get_as(tenant, "/orders").await.json();
+        assert_eq!(orders["orders"][0]["description"], tenant);
+    }
+    let name = |tenant: &str| format!("{}{tenant}", databases.prefix());
+    assert_eq!(databases.on(&postgres_server_url()).await, [name("acme")]);
+    assert_eq!(databases.on(&second).await, [name("globex")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
