@@ -329,6 +329,20 @@ async fn invalid_configuration_names_the_variable() {
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("TENANCY_ISOLATION_STRATEGY"), "{log}");
     assert!(log.contains("tables"), "{log}");
+    // SQLite files cannot be placed on database servers: refused, not ignored.
+    let data = TempDir::new();
+    let (code, log) = DemoServer::refuses(&[
+        ("TENANCY_DEMO_DATA_DIR", data.path()),
+        (
+            "TENANCY_DATABASE_SERVERS",
+            format!("second={}", postgres_second_server_url()),
+        ),
+    ]);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(
+        log.contains("TENANCY_DATABASE_SERVERS is set, but"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
