@@ -21,10 +21,13 @@
 //! superuser of `--admin-url`) and drops both at the end. `--url` is the server the reads go to
 //! (the same server, possibly through the proxy; use `?sslmode=disable` there).
 
+mod read_sizes;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use read_sizes::ReadSizes;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tenancy_core::{IsolationMode, TenantIdentifier};
@@ -41,19 +44,8 @@ const READERS: usize = 32;
 /// The command line: sizes of the data and of the measurement, and where to connect.
 #[derive(clap::Parser)]
 struct Args {
-    /// Tenants, each with a schema and rows in the shared table.
-    #[arg(long, default_value_t = 1_000,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=9_999))]
-    tenants: usize,
-    /// Orders per tenant.
-    #[arg(long, default_value_t = 20)]
-    orders: usize,
-    /// Sequential reads per path.
-    #[arg(long, default_value_t = 5_000)]
-    reads: usize,
-    /// Seconds of concurrent reads per path.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    #[command(flatten)]
+    sizes: ReadSizes,
     /// The server requests read from (the runtime connections; may be a counting proxy).
     #[arg(
         long,
@@ -186,7 +178,7 @@ async fn main() -> Result<(), BoxError> {
 }
 
 async fn run(args: &Args, database: &str, role: &str) -> Result<(), BoxError> {
-    let tenants: Vec<TenantIdentifier> = (1..=args.tenants)
+    let tenants: Vec<TenantIdentifier> = (1..=args.sizes.tenants)
         .map(|i| TenantIdentifier::parse(&format!("tenant-{i:04}")))
         .collect::<Result<_, _>>()?;
     seed(args, database, role).await?;
@@ -226,7 +218,7 @@ async fn run(args: &Args, database: &str, role: &str) -> Result<(), BoxError> {
     println!(
         "{} tenants × {} orders, database {database}; {} sequential reads, then {READERS} readers \
          for {} s, pool of {POOL_SIZE}",
-        args.tenants, args.orders, args.reads, args.seconds
+        args.sizes.tenants, args.sizes.orders, args.sizes.reads, args.sizes.seconds
     );
     println!(
         "{:<24} {:>9} {:>9} {:>12} {:>16}",
@@ -235,16 +227,21 @@ async fn run(args: &Args, database: &str, role: &str) -> Result<(), BoxError> {
     for path in &paths {
         let mut random = Random(0x9E37_79B9_7F4A_7C15);
         // Warm up: every connection of the pool, every statement prepared.
-        for _ in 0..args.reads.min(1_000) {
-            check(path, &tenants[random.below(tenants.len())], args.orders).await?;
+        for _ in 0..args.sizes.reads.min(1_000) {
+            check(
+                path,
+                &tenants[random.below(tenants.len())],
+                args.sizes.orders,
+            )
+            .await?;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = round_trips(args.counter.as_deref()).await?;
-        let mut latencies = Vec::with_capacity(args.reads);
-        for _ in 0..args.reads {
+        let mut latencies = Vec::with_capacity(args.sizes.reads);
+        for _ in 0..args.sizes.reads {
             let tenant = &tenants[random.below(tenants.len())];
             let started = Instant::now();
-            check(path, tenant, args.orders).await?;
+            check(path, tenant, args.sizes.orders).await?;
             latencies.push(started.elapsed());
         }
         // The pool's release check runs after the connection is handed back.
@@ -255,12 +252,12 @@ async fn run(args: &Args, database: &str, role: &str) -> Result<(), BoxError> {
         let per_read = match (before, after) {
             (Some(before), Some(after)) => {
                 #[allow(clippy::cast_precision_loss)]
-                let ratio = (after - before) as f64 / args.reads as f64;
+                let ratio = (after - before) as f64 / args.sizes.reads as f64;
                 format!("{ratio:.2}")
             }
             _ => "—".to_owned(),
         };
-        let throughput = concurrent(path, &tenants, args.orders, args.seconds).await?;
+        let throughput = concurrent(path, &tenants, args.sizes.orders, args.sizes.seconds).await?;
         println!(
             "{:<24} {:>9} {:>9} {:>12.0} {:>16}",
             path.name(),
@@ -341,8 +338,8 @@ async fn seed(args: &Args, database: &str, role: &str) -> Result<(), BoxError> {
                          SELECT ''order '' || o FROM generate_series(1, {orders}) o', \
                      lpad(t::text, 4, '0'), lpad(t::text, 4, '0'), lpad(t::text, 4, '0')); \
              END LOOP; END $$",
-        tenants = args.tenants,
-        orders = args.orders,
+        tenants = args.sizes.tenants,
+        orders = args.sizes.orders,
     )))
     .execute(&mut conn)
     .await?;

@@ -40,12 +40,15 @@
 //! 4 × N connections open, a thread and 3 to 4 file descriptors each: `ulimit -n` must allow
 //! about 16 × N (1,000 tenants: 14,500 descriptors, 6,000 threads).
 
+mod read_sizes;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
+use read_sizes::ReadSizes;
 use sqlx::Connection;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
@@ -98,20 +101,9 @@ impl DatabaseLocator for CountingLocator {
 /// The command line: sizes of the data and of the measurement.
 #[derive(clap::Parser)]
 struct Args {
-    /// Tenants, each with a file of its own.
-    #[arg(long, default_value_t = 1_000,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=9_999))]
-    tenants: usize,
-    /// Orders per tenant.
-    #[arg(long, default_value_t = 20)]
-    orders: usize,
-    /// Sequential reads per path, spread over the rounds.
-    #[arg(long, default_value_t = 5_000)]
-    reads: usize,
-    /// Seconds of concurrent reads per path, spread over the rounds.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    /// Interleaved rounds over all paths.
+    #[command(flatten)]
+    sizes: ReadSizes,
+    /// Interleaved rounds over all paths; the reads and seconds are spread over them.
     #[arg(long, default_value_t = 5,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     rounds: usize,
@@ -265,7 +257,7 @@ impl Measurement {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = <Args as clap::Parser>::parse();
-    if args.reads < args.rounds {
+    if args.sizes.reads < args.rounds {
         return Err("--reads must be at least --rounds".into());
     }
     let dir = std::env::temp_dir().join(format!("sqlite_read_path_{}", std::process::id()));
@@ -276,7 +268,7 @@ async fn main() -> Result<(), BoxError> {
 }
 
 async fn run(args: &Args, dir: &Path) -> Result<(), BoxError> {
-    let tenants: Arc<[TenantIdentifier]> = (1..=args.tenants)
+    let tenants: Arc<[TenantIdentifier]> = (1..=args.sizes.tenants)
         .map(|i| TenantIdentifier::parse(&format!("tenant-{i:04}")))
         .collect::<Result<_, _>>()?;
     let locator = SqliteLocator::new(dir.join("tenants"), "tenant_")?;
@@ -284,7 +276,7 @@ async fn run(args: &Args, dir: &Path) -> Result<(), BoxError> {
     seed_tenant_files(args, &locator, &tenants).await?;
 
     let default_settings = TenantPoolSettings::default();
-    let one_file_each = u32::try_from(args.tenants)?;
+    let one_file_each = u32::try_from(args.sizes.tenants)?;
     let never_spent = one_file_each * default_settings.max_connections_per_tenant;
     let tenant_pools = |connection_budget, max_connections_per_tenant| {
         TenantPools::new(
@@ -358,12 +350,12 @@ async fn run(args: &Args, dir: &Path) -> Result<(), BoxError> {
 
     for path in &paths {
         for (index, tenant) in tenants.iter().enumerate() {
-            path.read_checked(index, tenant, args.orders).await?;
+            path.read_checked(index, tenant, args.sizes.orders).await?;
         }
     }
     let mut measurements: Vec<Measurement> = paths.iter().map(|_| Measurement::default()).collect();
-    let reads_per_round = args.reads / args.rounds;
-    let time_per_round = Duration::from_secs(args.seconds) / u32::try_from(args.rounds)?;
+    let reads_per_round = args.sizes.reads / args.rounds;
+    let time_per_round = Duration::from_secs(args.sizes.seconds) / u32::try_from(args.rounds)?;
     for round in 0..args.rounds {
         for turn in 0..paths.len() {
             let which = (round + turn) % paths.len();
@@ -374,7 +366,7 @@ async fn run(args: &Args, dir: &Path) -> Result<(), BoxError> {
                 let index = picker.next_index(tenants.len());
                 let started = Instant::now();
                 paths[which]
-                    .read_checked(index, &tenants[index], args.orders)
+                    .read_checked(index, &tenants[index], args.sizes.orders)
                     .await?;
                 measurement.latencies.push(started.elapsed());
             }
@@ -382,7 +374,8 @@ async fn run(args: &Args, dir: &Path) -> Result<(), BoxError> {
             measurement.sequential_opens += opened_between - opened_before;
             let started = Instant::now();
             measurement.concurrent_reads +=
-                read_concurrently(&paths[which], &tenants, args.orders, time_per_round).await?;
+                read_concurrently(&paths[which], &tenants, args.sizes.orders, time_per_round)
+                    .await?;
             measurement.concurrent_time += started.elapsed();
             measurement.concurrent_opens +=
                 CONNECTIONS_OPENED.load(Ordering::Relaxed) - opened_between;
@@ -393,7 +386,7 @@ async fn run(args: &Args, dir: &Path) -> Result<(), BoxError> {
         "{} tenants × {} orders; per path {} sequential reads, then {CONCURRENT_READERS} readers \
          for {} s, in {} interleaved rounds; TenantPools B: a budget of B open connections, \
          {per_tenant} per tenant unless said",
-        args.tenants, args.orders, args.reads, args.seconds, args.rounds
+        args.sizes.tenants, args.sizes.orders, args.sizes.reads, args.sizes.seconds, args.rounds
     );
     println!(
         "{:<38} {:>7} {:>7} {:>9} {:>9} {:>9} {:>15}",
@@ -477,8 +470,8 @@ async fn seed_shared_file(args: &Args, file: &Path) -> Result<SqlitePool, BoxErr
          INSERT INTO orders (tenant, description) \
          SELECT printf('tenant-%04d', t.n), 'order ' || o.m FROM t, o ORDER BY t.n, o.m",
     )
-    .bind(i64::try_from(args.tenants)?)
-    .bind(i64::try_from(args.orders)?)
+    .bind(i64::try_from(args.sizes.tenants)?)
+    .bind(i64::try_from(args.sizes.orders)?)
     .execute(&pool)
     .await?;
     Ok(pool)
@@ -492,7 +485,7 @@ async fn seed_tenant_files(
     tenants: &[TenantIdentifier],
 ) -> Result<(), BoxError> {
     let creator = &SqliteTenantPools::new(locator.clone(), TenantPoolSettings::default());
-    let orders = i64::try_from(args.orders)?;
+    let orders = i64::try_from(args.sizes.orders)?;
     let seed_one = |tenant| async move {
         creator.create_tenant_database(tenant, None).await?;
         let mut conn =
