@@ -84,31 +84,41 @@ async fn databases_with_prefix(admin: &mut sqlx::PgConnection, prefix: &str) -> 
 impl Drop for ServerDatabases {
     fn drop(&mut self) {
         let prefix = self.prefix.clone();
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for test clean-up")
-                .block_on(async move {
-                    for url in postgres_servers().values() {
-                        let Ok(mut admin) =
-                            sqlx::PgConnection::connect(&format!("{url}/postgres")).await
-                        else {
-                            continue;
-                        };
-                        for name in databases_with_prefix(&mut admin, &prefix).await {
-                            let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                            sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                                .execute(&mut admin)
-                                .await
-                                .expect("drop a test database");
-                        }
+        clean_up(
+            format!("drop the databases under {}", self.prefix),
+            async move {
+                for url in postgres_servers().values() {
+                    let Ok(mut admin) =
+                        sqlx::PgConnection::connect(&format!("{url}/postgres")).await
+                    else {
+                        continue;
+                    };
+                    for name in databases_with_prefix(&mut admin, &prefix).await {
+                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                            .execute(&mut admin)
+                            .await
+                            .expect("drop a test database");
                     }
-                });
-        });
-        if cleanup.join().is_err() && !std::thread::panicking() {
-            panic!("could not drop the databases under {}", self.prefix);
-        }
+                }
+            },
+        );
+    }
+}
+
+/// Runs `cleanup` from a `Drop`: on a thread with a runtime of its own (a drop runs inside or
+/// outside a runtime), waiting for it. A clean-up that panics fails the test with "could not
+/// `what`", unless the test is already failing.
+pub fn clean_up(what: String, cleanup: impl Future<Output = ()> + Send + 'static) {
+    let done = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for test clean-up")
+            .block_on(cleanup);
+    });
+    if done.join().is_err() && !std::thread::panicking() {
+        panic!("could not {what}");
     }
 }
 
@@ -234,17 +244,9 @@ impl Drop for TestDatabase {
                 format!("DROP DATABASE IF EXISTS `{name}`"),
             ),
         };
-        // Drop runs inside or outside a runtime; a thread with its own runtime works in both.
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for test clean-up")
-                .block_on(execute_once(server, &admin_url, &sql));
+        clean_up(format!("drop test database {name}"), async move {
+            execute_once(server, &admin_url, &sql).await;
         });
-        if cleanup.join().is_err() && !std::thread::panicking() {
-            panic!("could not drop test database {}", self.name);
-        }
     }
 }
 
@@ -290,16 +292,9 @@ impl Drop for TestRole {
     fn drop(&mut self) {
         let sql = format!("DROP ROLE IF EXISTS \"{}\"", self.name);
         let url = format!("{}/postgres", postgres_server_url());
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for test clean-up")
-                .block_on(execute_once(Server::Postgres, &url, &sql));
+        clean_up(format!("drop test role {}", self.name), async move {
+            execute_once(Server::Postgres, &url, &sql).await;
         });
-        if cleanup.join().is_err() && !std::thread::panicking() {
-            panic!("could not drop test role {}", self.name);
-        }
     }
 }
 

@@ -25,7 +25,7 @@ use tenancy_fleet::provision::MySqlDatabaseProvisioner;
 use tenancy_fleet::{
     MigrateOptions, MigrationTarget, TenantMigrations, TenantOutcome, migrate_all,
 };
-use tenancy_tests::{TestDatabase, mysql_server_url, unique_name};
+use tenancy_tests::{TestDatabase, clean_up, mysql_server_url, unique_name};
 
 /// The databases of one test: a unique prefix, and every database under it dropped when this
 /// value is dropped (listed with `SHOW DATABASES LIKE '<prefix>%'`), panicking test or not.
@@ -63,30 +63,24 @@ impl Databases {
 impl Drop for Databases {
     fn drop(&mut self) {
         let pattern = self.like_pattern();
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for test clean-up")
-                .block_on(async move {
-                    let mut admin = connect_admin().await;
-                    let sql = format!("SHOW DATABASES LIKE '{pattern}'");
-                    let names: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                        .fetch_all(&mut admin)
+        clean_up(
+            format!("drop the databases under {}", self.prefix),
+            async move {
+                let mut admin = connect_admin().await;
+                let sql = format!("SHOW DATABASES LIKE '{pattern}'");
+                let names: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&mut admin)
+                    .await
+                    .expect("list test databases");
+                for name in names {
+                    let drop = format!("DROP DATABASE IF EXISTS `{name}`");
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut admin)
                         .await
-                        .expect("list test databases");
-                    for name in names {
-                        let drop = format!("DROP DATABASE IF EXISTS `{name}`");
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                            .execute(&mut admin)
-                            .await
-                            .expect("drop a test database");
-                    }
-                });
-        });
-        if cleanup.join().is_err() && !std::thread::panicking() {
-            panic!("could not drop the databases under {}", self.prefix);
-        }
+                        .expect("drop a test database");
+                }
+            },
+        );
     }
 }
 
