@@ -43,66 +43,102 @@ pub async fn postgres_server_admin(url: &str) -> sqlx::PgConnection {
     }
 }
 
-/// A unique database prefix for tenant databases on the servers of [`postgres_servers`]:
-/// every database under it is dropped on each of them that answers when this value is dropped,
-/// panicking test or not.
+/// The tenant databases of one test: a unique name prefix on one kind of server, and every
+/// database under it dropped when this value is dropped, failing test or not. PostgreSQL
+/// databases are dropped on each server of [`postgres_servers`] that answers (placement tests
+/// put tenants on both), MariaDB ones on [`mysql_server_url`].
 #[derive(Debug)]
-pub struct ServerDatabases {
+pub struct TenantDatabases {
+    server: Server,
     prefix: String,
 }
 
-impl ServerDatabases {
-    /// A fresh prefix: [`unique_name`] of `name`, and `_`.
-    pub fn new(name: &str) -> Self {
+impl TenantDatabases {
+    /// A fresh prefix on `server`: [`unique_name`] of `name`, and `_`. Creates nothing.
+    pub fn new(server: Server, name: &str) -> Self {
         Self {
+            server,
             prefix: format!("{}_", unique_name(name)),
         }
     }
 
-    /// The prefix, for `TENANCY_DATABASE_PREFIX`.
+    /// The kind of server the databases are on.
+    pub fn server(&self) -> Server {
+        self.server
+    }
+
+    /// The prefix, for `TENANCY_DATABASE_PREFIX` or a locator.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// The databases under the prefix on the server of `url`, sorted.
+    /// The databases under the prefix on the default server of their kind, sorted.
+    pub async fn list(&self) -> Vec<String> {
+        match self.server {
+            Server::Postgres => postgres_databases_with_prefix(&self.prefix).await,
+            Server::Mysql => mysql_databases_with_prefix(&self.prefix).await,
+        }
+    }
+
+    /// The databases under the prefix on the PostgreSQL server of `url`, sorted.
     pub async fn on(&self, url: &str) -> Vec<String> {
         let mut admin = postgres_server_admin(url).await;
         databases_with_prefix(&mut admin, &self.prefix).await
     }
 }
 
-async fn databases_with_prefix(admin: &mut sqlx::PgConnection, prefix: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
-    )
-    .bind(prefix)
-    .fetch_all(admin)
-    .await
-    .expect("list test databases")
-}
-
-impl Drop for ServerDatabases {
+impl Drop for TenantDatabases {
     fn drop(&mut self) {
-        let prefix = self.prefix.clone();
+        let (server, prefix) = (self.server, self.prefix.clone());
         clean_up(
             format!("drop the databases under {}", self.prefix),
             async move {
-                for url in postgres_servers().values() {
-                    let Ok(mut admin) =
-                        sqlx::PgConnection::connect(&format!("{url}/postgres")).await
-                    else {
-                        continue;
-                    };
-                    for name in databases_with_prefix(&mut admin, &prefix).await {
-                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                            .execute(&mut admin)
-                            .await
-                            .expect("drop a test database");
+                match server {
+                    Server::Postgres => {
+                        for url in postgres_servers().values() {
+                            drop_postgres_databases(url, &prefix).await;
+                        }
                     }
+                    Server::Mysql => drop_mysql_databases(&prefix).await,
                 }
             },
         );
+    }
+}
+
+/// Drops the databases under `prefix` on the PostgreSQL server of `url`, if it answers. The
+/// drops run together: each waits for a checkpoint, and concurrent ones share it.
+async fn drop_postgres_databases(url: &str, prefix: &str) {
+    let Ok(admin) = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&format!("{url}/postgres"))
+        .await
+    else {
+        return;
+    };
+    let mut conn = admin.acquire().await.expect("a clean-up connection");
+    let names = databases_with_prefix(&mut conn, prefix).await;
+    drop(conn);
+    let drops = names.into_iter().map(|name| {
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&admin)
+    });
+    futures_util::future::try_join_all(drops)
+        .await
+        .expect("drop a test database");
+}
+
+/// Drops the MariaDB databases under `prefix`.
+async fn drop_mysql_databases(prefix: &str) {
+    let mut admin = sqlx::MySqlConnection::connect(&format!("{}/mysql", mysql_server_url()))
+        .await
+        .expect("connect to MariaDB");
+    for name in mysql_databases_with_prefix(prefix).await {
+        let drop = format!("DROP DATABASE IF EXISTS `{name}`");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&mut admin)
+            .await
+            .expect("drop a test database");
     }
 }
 
@@ -120,6 +156,16 @@ pub fn clean_up(what: String, cleanup: impl Future<Output = ()> + Send + 'static
     if done.join().is_err() && !std::thread::panicking() {
         panic!("could not {what}");
     }
+}
+
+async fn databases_with_prefix(admin: &mut sqlx::PgConnection, prefix: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+    )
+    .bind(prefix)
+    .fetch_all(admin)
+    .await
+    .expect("list test databases")
 }
 
 /// The MariaDB/MySQL server to test against (`TENANCY_TEST_MYSQL_URL`, default local root).
@@ -308,7 +354,7 @@ pub async fn postgres_databases_with_prefix(prefix: &str) -> Vec<String> {
     databases_with_prefix(&mut conn, prefix).await
 }
 
-/// The MariaDB databases whose names start with `prefix` (to check that a test's tenant
+/// The MariaDB databases whose names start with `prefix`, sorted (to check that a test's tenant
 /// databases were dropped).
 pub async fn mysql_databases_with_prefix(prefix: &str) -> Vec<String> {
     let url = format!("{}/mysql", mysql_server_url());
@@ -317,7 +363,7 @@ pub async fn mysql_databases_with_prefix(prefix: &str) -> Vec<String> {
         .expect("connect to MariaDB");
     sqlx::query_scalar(
         "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
-         WHERE LEFT(schema_name, CHAR_LENGTH(?)) = ?",
+         WHERE LEFT(schema_name, CHAR_LENGTH(?)) = ? ORDER BY 1",
     )
     .bind(prefix)
     .bind(prefix)

@@ -4,7 +4,7 @@
 //! target, and cancelled transactions.
 //!
 //! Every test names its databases with a unique prefix and drops every database under it when
-//! it ends, also when it fails ([`Databases`]).
+//! it ends, also when it fails (`tenancy_tests::TenantDatabases`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,63 +25,11 @@ use tenancy_fleet::provision::MySqlDatabaseProvisioner;
 use tenancy_fleet::{
     MigrateOptions, MigrationTarget, TenantMigrations, TenantOutcome, migrate_all,
 };
-use tenancy_tests::{TestDatabase, clean_up, mysql_server_url, unique_name};
+use tenancy_tests::{Server, TenantDatabases, TestDatabase, mysql_server_url};
 
-/// The databases of one test: a unique prefix, and every database under it dropped when this
-/// value is dropped (listed with `SHOW DATABASES LIKE '<prefix>%'`), panicking test or not.
-struct Databases {
-    prefix: String,
-}
-
-impl Databases {
-    fn new() -> Self {
-        Self {
-            prefix: format!("{}_", unique_name("tmy")),
-        }
-    }
-
-    fn locator(&self) -> MySqlDatabaseLocator {
-        MySqlDatabaseLocator::from_url(&mysql_server_url(), &self.prefix).unwrap()
-    }
-
-    /// `SHOW DATABASES LIKE` pattern of the prefix (`_` is a wildcard there).
-    fn like_pattern(&self) -> String {
-        format!("{}%", self.prefix.replace('_', "\\_"))
-    }
-
-    async fn list(&self, admin: &mut MySqlConnection) -> Vec<String> {
-        let sql = format!("SHOW DATABASES LIKE '{}'", self.like_pattern());
-        let mut names: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_all(admin)
-            .await
-            .unwrap();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for Databases {
-    fn drop(&mut self) {
-        let pattern = self.like_pattern();
-        clean_up(
-            format!("drop the databases under {}", self.prefix),
-            async move {
-                let mut admin = connect_admin().await;
-                let sql = format!("SHOW DATABASES LIKE '{pattern}'");
-                let names: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_all(&mut admin)
-                    .await
-                    .expect("list test databases");
-                for name in names {
-                    let drop = format!("DROP DATABASE IF EXISTS `{name}`");
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                        .execute(&mut admin)
-                        .await
-                        .expect("drop a test database");
-                }
-            },
-        );
-    }
+/// The locator of the tenant databases under the test's prefix.
+fn locator(databases: &TenantDatabases) -> MySqlDatabaseLocator {
+    MySqlDatabaseLocator::from_url(&mysql_server_url(), databases.prefix()).unwrap()
 }
 
 async fn connect_admin() -> MySqlConnection {
@@ -142,8 +90,8 @@ async fn notes(pools: &MySqlTenantPools, tenant: &Tenant) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenants_see_only_their_own_database() {
-    let databases = Databases::new();
-    let pools = MySqlTenantPools::new(databases.locator(), settings());
+    let databases = TenantDatabases::new(Server::Mysql, "tmy");
+    let pools = MySqlTenantPools::new(locator(&databases), settings());
     let migrator = Migrator::with_migrations(vec![notes_migration()]);
     let mut admin = connect_admin().await;
     let (acme, beta) = (tenant("acme-corp"), tenant("beta"));
@@ -154,10 +102,10 @@ async fn tenants_see_only_their_own_database() {
             .unwrap();
     }
     assert_eq!(
-        databases.list(&mut admin).await,
+        databases.list().await,
         [
-            format!("{}acme_corp", databases.prefix),
-            format!("{}beta", databases.prefix)
+            format!("{}acme_corp", databases.prefix()),
+            format!("{}beta", databases.prefix())
         ]
     );
 
@@ -170,7 +118,7 @@ async fn tenants_see_only_their_own_database() {
         .fetch_one(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(current, format!("{}acme_corp", databases.prefix));
+    assert_eq!(current, format!("{}acme_corp", databases.prefix()));
     sqlx::query("INSERT INTO notes (body) VALUES (?)")
         .bind("secret of acme")
         .execute(&mut *tx)
@@ -205,8 +153,8 @@ async fn tenants_see_only_their_own_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_for_unprovisioned_tenants_create_nothing() {
-    let databases = Databases::new();
-    let pools = MySqlTenantPools::new(databases.locator(), settings());
+    let databases = TenantDatabases::new(Server::Mysql, "tmy");
+    let pools = MySqlTenantPools::new(locator(&databases), settings());
     let mut admin = connect_admin().await;
     let ghost = tenant("ghost");
 
@@ -223,7 +171,7 @@ async fn requests_for_unprovisioned_tenants_create_nothing() {
             "{err}"
         );
     }
-    assert_eq!(databases.list(&mut admin).await, Vec::<String>::new());
+    assert_eq!(databases.list().await, Vec::<String>::new());
 
     // Purged: no request brings it back.
     pools
@@ -245,7 +193,7 @@ async fn requests_for_unprovisioned_tenants_create_nothing() {
         matches!(err, IsolationError::NotProvisioned { .. }),
         "{err}"
     );
-    assert_eq!(databases.list(&mut admin).await, Vec::<String>::new());
+    assert_eq!(databases.list().await, Vec::<String>::new());
 
     // A name over MariaDB's 64-byte limit is refused before any SQL.
     let long = id(&"a".repeat(60));
@@ -255,24 +203,25 @@ async fn requests_for_unprovisioned_tenants_create_nothing() {
 
 /// Connections to the test's databases open on the server now (any state), from another
 /// session.
-async fn server_connections(monitor: &mut MySqlConnection, databases: &Databases) -> i64 {
-    let sql = format!(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB LIKE '{}'",
-        databases.like_pattern()
-    );
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .fetch_one(monitor)
-        .await
-        .unwrap()
+async fn server_connections(monitor: &mut MySqlConnection, prefix: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+         WHERE LEFT(DB, CHAR_LENGTH(?)) = ?",
+    )
+    .bind(prefix)
+    .bind(prefix)
+    .fetch_one(monitor)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_budget_holds_with_200_tenants_at_once() {
     const TENANTS: usize = 200;
     const BUDGET: u32 = 10;
-    let databases = Databases::new();
+    let databases = TenantDatabases::new(Server::Mysql, "tmy");
     let pools = MySqlTenantPools::new(
-        databases.locator(),
+        locator(&databases),
         TenantPoolSettings {
             connection_budget: BUDGET,
             max_connections_per_tenant: 2,
@@ -304,19 +253,15 @@ async fn the_budget_holds_with_200_tenants_at_once() {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let stop = stop.clone();
-        let pattern = Databases {
-            prefix: databases.prefix.clone(),
-        };
+        let prefix = databases.prefix().to_owned();
         tokio::spawn(async move {
             let mut monitor = connect_admin().await;
             let (mut peak, mut samples) = (0, 0);
             while !stop.load(Ordering::Acquire) {
-                peak = peak.max(server_connections(&mut monitor, &pattern).await);
+                peak = peak.max(server_connections(&mut monitor, &prefix).await);
                 samples += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            // The clean-up guard is the test's; this copy must not drop anything.
-            std::mem::forget(pattern);
             (peak, samples)
         })
     };
@@ -343,7 +288,7 @@ async fn the_budget_holds_with_200_tenants_at_once() {
     }
     let idle_after_run = {
         let mut monitor = connect_admin().await;
-        server_connections(&mut monitor, &databases).await
+        server_connections(&mut monitor, databases.prefix()).await
     };
     stop.store(true, Ordering::Release);
     let (peak_on_server, samples) = sampler.await.unwrap();
@@ -370,11 +315,11 @@ async fn the_budget_holds_with_200_tenants_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn provisioning_migrates_once_and_purge_removes_the_database() {
-    let databases = Databases::new();
+    let databases = TenantDatabases::new(Server::Mysql, "tmy");
     let registry = TestDatabase::mysql("tmy_registry").await;
     let store = MySqlStore::connect(registry.url()).await.unwrap();
     store.migrate().await.unwrap();
-    let pools = MySqlTenantPools::new(databases.locator(), settings());
+    let pools = MySqlTenantPools::new(locator(&databases), settings());
     let admin_pool = sqlx::MySqlPool::connect(&format!("{}/mysql", mysql_server_url()))
         .await
         .unwrap();
@@ -408,8 +353,8 @@ async fn provisioning_migrates_once_and_purge_removes_the_database() {
     assert_eq!((won, refused), (1, 4));
     let mut admin = connect_admin().await;
     assert_eq!(
-        databases.list(&mut admin).await,
-        [format!("{}acme", databases.prefix)]
+        databases.list().await,
+        [format!("{}acme", databases.prefix())]
     );
     let acme = tenant("acme");
     let mut tx = TenantIsolation::begin(&pools, &acme).await.unwrap();
@@ -475,8 +420,8 @@ async fn provisioning_migrates_once_and_purge_removes_the_database() {
     // Purge: the database goes, requests find nothing, and purging again is fine.
     manager.purge(&acme.identifier).await.unwrap();
     assert_eq!(
-        databases.list(&mut admin).await,
-        [format!("{}racer", databases.prefix)]
+        databases.list().await,
+        [format!("{}racer", databases.prefix())]
     );
     let err = TenantIsolation::begin(&pools, &acme).await.unwrap_err();
     assert!(
@@ -491,16 +436,16 @@ async fn provisioning_migrates_once_and_purge_removes_the_database() {
         .drop_tenant_database(&mut admin, &racer.identifier)
         .await
         .unwrap();
-    assert_eq!(databases.list(&mut admin).await, Vec::<String>::new());
+    assert_eq!(databases.list().await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_or_abandoned_transactions_leave_nothing_open() {
-    let databases = Databases::new();
+    let databases = TenantDatabases::new(Server::Mysql, "tmy");
     // One connection per tenant: a connection leaked inside a transaction would be the next
     // borrower's, whose BEGIN would commit the leaked work (MariaDB commits implicitly).
     let pools = MySqlTenantPools::new(
-        databases.locator(),
+        locator(&databases),
         TenantPoolSettings {
             max_connections_per_tenant: 1,
             acquire_timeout: Duration::from_secs(10),

@@ -25,13 +25,13 @@ use tenancy_fleet::{
     async_trait, migrate_all,
 };
 use tenancy_tests::{
-    ServerDatabases, TestDatabase, mysql_server_url, postgres_second_server_url,
+    Server, TenantDatabases, TestDatabase, mysql_server_url, postgres_second_server_url,
     postgres_server_admin, postgres_server_url, postgres_servers, unique_name,
 };
 
 /// Pools on both servers, configured as an application would: `main` is the default server
 /// and a named one, `second` only named.
-fn placed_pools(databases: &ServerDatabases) -> PlacedPools<PgDatabaseLocator> {
+fn placed_pools(databases: &TenantDatabases) -> PlacedPools<PgDatabaseLocator> {
     let config = TenancyConfig::builder()
         .database_url(format!("{}/app", postgres_server_url()))
         .database_prefix(databases.prefix().to_owned())
@@ -109,7 +109,7 @@ fn port_of(url: &str) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_reaches_the_server_of_its_tenant() {
     postgres_server_admin(&postgres_second_server_url()).await;
-    let databases = ServerDatabases::new("tpl");
+    let databases = TenantDatabases::new(Server::Postgres, "tpl");
     let placed = placed_pools(&databases);
     let migrator = Migrator::with_migrations(vec![migration(1)]);
     let acme = tenant("acme", None);
@@ -175,7 +175,7 @@ async fn each_request_reaches_the_server_of_its_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_placement_is_never_served_from_another_server() {
     postgres_server_admin(&postgres_second_server_url()).await;
-    let databases = ServerDatabases::new("tpl");
+    let databases = TenantDatabases::new(Server::Postgres, "tpl");
     let placed = placed_pools(&databases);
     let handle = isolation_extension(placed.clone());
     let migrator = Migrator::with_migrations(vec![migration(1)]);
@@ -276,7 +276,7 @@ impl MigrationTarget for PlacedTarget {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_and_migrations_reach_every_server() {
     postgres_server_admin(&postgres_second_server_url()).await;
-    let databases = ServerDatabases::new("tpl");
+    let databases = TenantDatabases::new(Server::Postgres, "tpl");
     let placed = placed_pools(&databases);
     let tenants: Vec<Tenant> = (0..6)
         .map(|i| {
@@ -354,7 +354,7 @@ struct Placed {
     deployment: Deployment,
     manager: TenantManager,
     /// Tenant databases, on the default server or on `second`, migrated with `table_1`.
-    databases: ServerDatabases,
+    databases: TenantDatabases,
     /// The registry, on the default server.
     registry: TestDatabase,
 }
@@ -364,7 +364,7 @@ async fn placed_deployment(
     configure: impl FnOnce(TenancyConfigBuilder) -> TenancyConfigBuilder,
 ) -> Placed {
     postgres_server_admin(&postgres_second_server_url()).await;
-    let databases = ServerDatabases::new("tpl");
+    let databases = TenantDatabases::new(Server::Postgres, "tpl");
     let registry = TestDatabase::postgres("tpl_registry").await;
     let config = configure(
         TenancyConfig::builder()

@@ -18,7 +18,7 @@ use tenancy::sql::database_per_tenant::TenantPoolSettings;
 use tenancy::sql::postgres::{PgDatabaseLocator, PgTenantPools};
 use tenancy::sql::{IsolationError, TenantIsolation};
 use tenancy::{NewTenant, Tenant, TenantIdentifier, TenantStatus};
-use tenancy_tests::{ServerDatabases, postgres_server_url};
+use tenancy_tests::{Server, TenantDatabases, postgres_server_url};
 
 const BUDGET: u32 = 10;
 
@@ -151,7 +151,7 @@ async fn write_note(pools: &PgTenantPools, tenant: &Tenant) -> Result<(), Isolat
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_budget_holds_on_the_server_with_many_tenants_at_once() {
     let tenant_count = tenant_count();
-    let databases = ServerDatabases::new("pgbudget");
+    let databases = TenantDatabases::new(Server::Postgres, "pgbudget");
     let pools = budget_pools(databases.prefix(), 2);
     let tenants = create_tenants(&pools, tenant_count).await;
     let sampler = ServerSampler::start(databases.prefix()).await;
@@ -192,7 +192,7 @@ async fn the_budget_holds_on_the_server_with_many_tenants_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_connections_of_earlier_tenants_count_against_the_budget() {
     const PER_TENANT: u32 = 3;
-    let databases = ServerDatabases::new("pgidle");
+    let databases = TenantDatabases::new(Server::Postgres, "pgidle");
     let pools = budget_pools(databases.prefix(), PER_TENANT);
     // Four times the budget in idle connections if they were not counted.
     let tenants = create_tenants(&pools, (4 * BUDGET / PER_TENANT + 1) as usize).await;

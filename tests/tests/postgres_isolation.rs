@@ -24,7 +24,7 @@ use tenancy::sql::postgres::{
 };
 use tenancy::sql::{HybridIsolation, IsolationError, TenantIsolation, isolation_extension};
 use tenancy::{IsolationMode, NewTenant, Tenant, TenantIdentifier, TenantStatus};
-use tenancy_tests::{TestDatabase, postgres_server_url, unique_name};
+use tenancy_tests::{Server, TenantDatabases, TestDatabase, postgres_server_url, unique_name};
 use tower::ServiceExt;
 
 const DEFAULT_SEARCH_PATH: &str = "\"$user\", public";
@@ -987,23 +987,6 @@ async fn many_tenants_interleaved_on_two_connections_only_see_their_rows() {
 
 // ---------------------------------------------------------------- hybrid with database tenants
 
-/// Tenant databases on the server (under a prefix of their own), dropped when this value is
-/// dropped (even after a panic). Declared after the pools, so it drops last.
-struct TenantDatabases {
-    names: Vec<String>,
-}
-
-impl Drop for TenantDatabases {
-    fn drop(&mut self) {
-        for name in &self.names {
-            run_cleanup(
-                format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-                name,
-            );
-        }
-    }
-}
-
 async fn server_admin() -> PgConnection {
     PgConnection::connect(&format!("{}/postgres", postgres_server_url()))
         .await
@@ -1062,8 +1045,10 @@ async fn hybrid_dispatches_schema_rls_and_database_tenants() {
     .await
     .unwrap();
 
-    let prefix = format!("{}_", unique_name("tdb"));
-    let locator = PgDatabaseLocator::from_url(&postgres_server_url(), &prefix).unwrap();
+    // Dropped after the pools (declared before them), even after a panic.
+    let databases = TenantDatabases::new(Server::Postgres, "tdb");
+    let prefix = databases.prefix();
+    let locator = PgDatabaseLocator::from_url(&postgres_server_url(), prefix).unwrap();
     let pools = PgTenantPools::new(locator, TenantPoolSettings::default());
     let umbrella_id = TenantIdentifier::parse("umbrella-co").unwrap();
     let umbrella_db = pools
@@ -1073,9 +1058,6 @@ async fn hybrid_dispatches_schema_rls_and_database_tenants() {
         .as_str()
         .to_owned();
     assert_eq!(umbrella_db, format!("{prefix}umbrella_co"));
-    let _databases = TenantDatabases {
-        names: vec![umbrella_db.clone()],
-    };
 
     let hybrid = HybridIsolation::new(world.isolation.clone(), pools.clone(), |tenant| {
         tenant.isolation.unwrap_or(IsolationMode::Rls)

@@ -34,8 +34,8 @@ use tenancy::sql::sqlite::{SqliteLocator, SqliteTenantPools};
 use tenancy::sql::{IsolationError, TenantIsolation, TenantTx, isolation_extension};
 use tenancy::{IsolationMode, NewTenant, Tenant, TenantIdentifier, TenantStatus};
 use tenancy_tests::{
-    Server, TestDatabase, TestRole, mysql_databases_with_prefix, mysql_server_url,
-    postgres_databases_with_prefix, postgres_server_url, unique_name,
+    Server, TenantDatabases, TestDatabase, TestRole, mysql_server_url, postgres_server_url,
+    unique_name,
 };
 
 /// Tenants per mode.
@@ -740,7 +740,7 @@ async fn soak_database_per_tenant<L>(
     let deadline = Instant::now() + Duration::from_secs(15);
     let activity = loop {
         let activity = match server {
-            Some(databases) => databases.activity().await,
+            Some(databases) => activity(databases).await,
             None => BTreeMap::new(),
         };
         let settled = pools.metrics().checked_out == 0 && idle(&activity);
@@ -793,112 +793,37 @@ async fn admin<C: Connection>(server: Server) -> C {
         .unwrap_or_else(|error| panic!("connect to {url}: {error}"))
 }
 
-/// The tenant databases of one soak on a server: a unique name prefix, and every database under
-/// it dropped when this value is dropped, failing test or not.
-struct TenantDatabases {
-    /// The server the databases are on.
-    server: Server,
-    /// The prefix of their names, the locator's database prefix.
-    prefix: String,
-}
-
-impl TenantDatabases {
-    /// A fresh prefix on `server`; creates nothing.
-    fn new(server: Server) -> Self {
-        Self {
-            server,
-            prefix: format!("{}_", unique_name("soak")),
-        }
-    }
-
-    /// The server's connections to these databases: id → what it is doing, `idle` for idle
-    /// outside any transaction.
-    async fn activity(&self) -> BTreeMap<i64, String> {
-        let activity: Result<Vec<(i64, String)>, _> = match self.server {
-            Server::Postgres => {
-                sqlx::query_as(
-                    "SELECT pid::bigint, coalesce(state, '') FROM pg_stat_activity \
-                     WHERE starts_with(datname, $1) AND backend_type = 'client backend'",
-                )
-                .bind(&self.prefix)
-                .fetch_all(&mut admin::<PgConnection>(self.server).await)
-                .await
-            }
-            // The process list shows a connection inside a transaction but between statements
-            // as sleeping; InnoDB's list of transactions shows it.
-            Server::Mysql => {
-                sqlx::query_as(
-                    "SELECT CAST(p.id AS SIGNED), CASE WHEN t.trx_id IS NOT NULL \
-                     THEN 'in transaction' WHEN p.command = 'Sleep' THEN 'idle' \
-                     ELSE p.command END \
-                     FROM information_schema.processlist p \
-                     LEFT JOIN information_schema.innodb_trx t ON t.trx_mysql_thread_id = p.id \
-                     WHERE LEFT(p.db, CHAR_LENGTH(?)) = ?",
-                )
-                .bind(&self.prefix)
-                .bind(&self.prefix)
-                .fetch_all(&mut admin::<MySqlConnection>(self.server).await)
-                .await
-            }
-        };
-        activity.unwrap().into_iter().collect()
-    }
-}
-
-impl Drop for TenantDatabases {
-    fn drop(&mut self) {
-        let (server, prefix) = (self.server, self.prefix.clone());
-        // Dropped on the test's runtime: clean up on a thread with a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("a runtime for clean-up");
-            runtime.block_on(drop_databases(server, &prefix))
-        });
-        let failure = match cleanup.join() {
-            Ok(Ok(())) => return,
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "the clean-up panicked".to_owned(),
-        };
-        let message = format!(
-            "could not drop the databases under {}: {failure}",
-            self.prefix
-        );
-        if std::thread::panicking() {
-            eprintln!("{message}");
-        } else {
-            panic!("{message}");
-        }
-    }
-}
-
-/// Drops every database on `server` whose name starts with `prefix`.
-async fn drop_databases(server: Server, prefix: &str) -> Result<(), sqlx::Error> {
-    match server {
+/// The server's connections to these databases: id → what it is doing, `idle` for idle
+/// outside any transaction.
+async fn activity(databases: &TenantDatabases) -> BTreeMap<i64, String> {
+    let activity: Result<Vec<(i64, String)>, _> = match databases.server() {
         Server::Postgres => {
-            // Each DROP DATABASE waits for a checkpoint; drops running together share one.
-            let admin = PgPoolOptions::new()
-                .max_connections(32)
-                .connect(&admin_url(server))
-                .await?;
-            let drops = postgres_databases_with_prefix(prefix)
-                .await
-                .into_iter()
-                .map(|name| {
-                    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&admin)
-                });
-            futures_util::future::try_join_all(drops).await?;
+            sqlx::query_as(
+                "SELECT pid::bigint, coalesce(state, '') FROM pg_stat_activity \
+                 WHERE starts_with(datname, $1) AND backend_type = 'client backend'",
+            )
+            .bind(databases.prefix())
+            .fetch_all(&mut admin::<PgConnection>(databases.server()).await)
+            .await
         }
+        // The process list shows a connection inside a transaction but between statements
+        // as sleeping; InnoDB's list of transactions shows it.
         Server::Mysql => {
-            let mut admin = MySqlConnection::connect(&admin_url(server)).await?;
-            for name in mysql_databases_with_prefix(prefix).await {
-                let drop = format!("DROP DATABASE IF EXISTS `{name}`");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                    .execute(&mut admin)
-                    .await?;
-            }
+            sqlx::query_as(
+                "SELECT CAST(p.id AS SIGNED), CASE WHEN t.trx_id IS NOT NULL \
+                 THEN 'in transaction' WHEN p.command = 'Sleep' THEN 'idle' \
+                 ELSE p.command END \
+                 FROM information_schema.processlist p \
+                 LEFT JOIN information_schema.innodb_trx t ON t.trx_mysql_thread_id = p.id \
+                 WHERE LEFT(p.db, CHAR_LENGTH(?)) = ?",
+            )
+            .bind(databases.prefix())
+            .bind(databases.prefix())
+            .fetch_all(&mut admin::<MySqlConnection>(databases.server()).await)
+            .await
         }
-    }
-    Ok(())
+    };
+    activity.unwrap().into_iter().collect()
 }
 
 impl SoakBackend for PgDatabaseLocator {
@@ -992,8 +917,8 @@ impl SoakBackend for SqliteLocator {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_postgres_database_per_tenant() {
-    let databases = TenantDatabases::new(Server::Postgres);
-    let locator = PgDatabaseLocator::from_url(&postgres_server_url(), &databases.prefix).unwrap();
+    let databases = TenantDatabases::new(Server::Postgres, "soak");
+    let locator = PgDatabaseLocator::from_url(&postgres_server_url(), databases.prefix()).unwrap();
     let pools = PgTenantPools::new(locator, tenant_pool_settings());
     soak_database_per_tenant(
         "postgres-database",
@@ -1006,8 +931,8 @@ async fn soak_postgres_database_per_tenant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_mariadb_database_per_tenant() {
-    let databases = TenantDatabases::new(Server::Mysql);
-    let locator = MySqlDatabaseLocator::from_url(&mysql_server_url(), &databases.prefix).unwrap();
+    let databases = TenantDatabases::new(Server::Mysql, "soak");
+    let locator = MySqlDatabaseLocator::from_url(&mysql_server_url(), databases.prefix()).unwrap();
     let pools = MySqlTenantPools::new(locator, tenant_pool_settings());
     soak_database_per_tenant("mariadb-database", pools, mysql_requests, Some(&databases)).await;
 }

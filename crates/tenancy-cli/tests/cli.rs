@@ -7,7 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use tenancy_tests::{
-    ServerDatabases, TestDatabase, postgres_second_server_url, postgres_server_url, unique_name,
+    Server, TenantDatabases, TestDatabase, postgres_second_server_url, postgres_server_url,
+    unique_name,
 };
 
 /// A temporary directory removed at the end of the test.
@@ -364,7 +365,7 @@ async fn postgres_schema_tenants_and_fleet_migrations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_database_tenants_are_created_migrated_and_purged_on_their_server() {
     let registry = TestDatabase::postgres("cli_placed").await;
-    let databases = ServerDatabases::new("cli_tpl");
+    let databases = TenantDatabases::new(Server::Postgres, "cli_tpl");
     let dir = TempDir::new();
     let initial = dir.migrations("initial", &[NOTES]);
     let (main, second) = (postgres_server_url(), postgres_second_server_url());

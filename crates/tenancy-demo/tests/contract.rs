@@ -6,7 +6,7 @@ mod demo_server;
 use demo_server::DemoServer;
 use serde_json::json;
 use tenancy_tests::{
-    RedisKeys, ServerDatabases, TestDatabase, TestRole, mysql_server_url,
+    RedisKeys, Server, TenantDatabases, TestDatabase, TestRole, mysql_server_url,
     postgres_second_server_url, postgres_server_url, redis_url, unique_name,
 };
 
@@ -240,7 +240,7 @@ async fn postgres_database_per_tenant_with_a_runtime_role() {
     let db = TestDatabase::postgres("demo_dbpt").await;
     // Dropped before the role (declared after it), also when the test fails before the purge:
     // the role cannot be dropped while tenant databases grant it privileges.
-    let databases = ServerDatabases::new("demo_dbpt");
+    let databases = TenantDatabases::new(Server::Postgres, "demo_dbpt");
     let server = DemoServer::start(&[
         ("TENANCY_DATABASE_URL", role.url(db.name())),
         ("TENANCY_ADMIN_DATABASE_URL", db.url().to_owned()),
@@ -265,7 +265,7 @@ async fn postgres_database_per_tenant_with_a_runtime_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_database_tenants_live_on_the_server_of_their_placement() {
     let db = TestDatabase::postgres("demo_placed").await;
-    let databases = ServerDatabases::new("demo_placed");
+    let databases = TenantDatabases::new(Server::Postgres, "demo_placed");
     let second = postgres_second_server_url();
     let server = DemoServer::start(&[
         ("TENANCY_DATABASE_URL", db.url().to_owned()),
@@ -383,12 +383,12 @@ async fn redis_cache_and_rate_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_database_per_tenant() {
     let db = TestDatabase::mysql("demo_maria").await;
-    // Tenant databases are named from this prefix, unique to the test.
-    let prefix = format!("{}_", db.name());
+    // Dropped also when the test fails before its purge.
+    let databases = TenantDatabases::new(Server::Mysql, "demo_maria");
     let server = DemoServer::start(&[
         ("TENANCY_DATABASE_URL", db.url().to_owned()),
         ("TENANCY_ISOLATION_STRATEGY", "database".into()),
-        ("TENANCY_DATABASE_PREFIX", prefix.clone()),
+        ("TENANCY_DATABASE_PREFIX", databases.prefix().to_owned()),
     ]);
     check_contract(&server, None).await;
     for tenant in ["acme", "globex"] {
@@ -401,7 +401,7 @@ async fn mariadb_database_per_tenant() {
             .await;
         assert!(matches!(reply.status, 200 | 204), "{}", reply.text);
     }
-    let left = tenancy_tests::mysql_databases_with_prefix(&prefix).await;
+    let left = databases.list().await;
     assert!(left.is_empty(), "purge left databases behind: {left:?}");
 }
 
